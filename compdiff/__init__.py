@@ -1,0 +1,1 @@
+"""compdiff: compositional generation with energy-based diffusion models and annealed MCMC."""

@@ -1,0 +1,228 @@
+"""The composition algebra over level-``t`` densities (DESIGN section 3).
+
+Every model, trained or analytic, is a :class:`Density`: at level ``t`` it
+gives ``log_prob(x, t)`` (unnormalized, where it has one) and
+``score(x, t) = grad_x log p_t(x)``, batched over the leading axis of ``x``.
+Compositions are trees of densities:
+
+- product / weighted product: ``log pi = sum_i w_i log p_i``,
+  ``score = sum_i w_i score_i``. Negation is a negative weight
+  (``p0 / p1 ** 0.5`` is ``log p0 - 0.5 log p1``) and tempering a single
+  weight (``p ** 2``).
+- mixture: ``log pi = logsumexp_i(log w_i + log p_i)`` with score
+  ``sum_i r_i score_i``, ``r = softmax(log w + log p)``. This needs every
+  component's log-density, so a mixture over a score-only model fails when it
+  is built. The components' unknown normalizers are taken to be equal (as in
+  RRR); with trained energy models the mixture weights are therefore only
+  nominal.
+- guidance: a classifier's ``log p(y | x_t, t)`` is a density like any other,
+  so classifier guidance is ``model * classifier ** scale`` and
+  classifier-free guidance a weighted product of the conditional and
+  unconditional models (:func:`classifier_free`).
+
+All nodes are pytrees (weights are leaves, structure is static), so a whole
+composition passes through ``jax.jit`` and ``lax.scan`` as data.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+Array = jnp.ndarray
+
+
+class Density:
+    """A family of level-``t`` densities over ``R^dim``.
+
+    Subclasses set ``dim`` and ``has_log_prob`` and implement ``score`` and,
+    when they have one, ``log_prob``. ``log_prob_and_score`` returns both from
+    one forward and one backward pass.
+    """
+
+    dim: int
+    has_log_prob: bool
+
+    def log_prob(self, x: Array, t: Array) -> Array:
+        raise TypeError(f"{self.describe()} has no log-density (it is score-only)")
+
+    def score(self, x: Array, t: Array) -> Array:
+        return self.log_prob_and_score(x, t)[1]
+
+    def log_prob_and_score(self, x: Array, t: Array) -> tuple[Array, Array]:
+        """``(log p_t(x) [B], grad_x log p_t(x) [B, d])`` from one vjp."""
+        self.require_log_prob("log_prob_and_score")
+        log_p, pullback = jax.vjp(lambda y: self.log_prob(y, t), x)
+        # Rows of x are independent samples, so the vjp of the batch sum is
+        # every sample's own gradient.
+        (grad,) = pullback(jnp.ones_like(log_p))
+        return log_p, grad
+
+    def describe(self) -> str:
+        return type(self).__name__
+
+    def score_only_leaves(self) -> list[str]:
+        return [] if self.has_log_prob else [self.describe()]
+
+    def require_log_prob(self, what: str) -> None:
+        if not self.has_log_prob:
+            raise ValueError(
+                f"{what} needs a log-density, but {self.describe()} is score-only "
+                f"(score-only leaves: {', '.join(self.score_only_leaves())}). "
+                "Use energy-parameterized or oracle models.")
+
+    # --- the algebra, close to the math ------------------------------------
+    def __mul__(self, other: "Density") -> "Product":
+        return product([self, other])
+
+    def __truediv__(self, other: "Density") -> "Product":
+        return product([self, other], [1.0, -1.0])
+
+    def __pow__(self, weight: float) -> "Product":
+        return product([self], [weight])
+
+    def __add__(self, other: "Density") -> "Mixture":
+        return mixture([self, other])
+
+
+def _check_dims(children: Sequence[Density]) -> int:
+    for child in children:
+        if not isinstance(child, Density):
+            raise TypeError(f"cannot compose {type(child).__name__}; expected a Density")
+    dims = {c.dim for c in children}
+    if len(dims) != 1:
+        raise ValueError(
+            "cannot compose densities over different dimensions: "
+            + ", ".join(f"{c.describe()} has dim {c.dim}" for c in children))
+    return dims.pop()
+
+
+@flax.struct.dataclass
+class Product(Density):
+    """``log pi_t = sum_i w_i log p_{i,t}`` (weights may be negative)."""
+
+    children: tuple[Density, ...]
+    weights: Array
+    dim: int = flax.struct.field(pytree_node=False, default=0)
+    has_log_prob: bool = flax.struct.field(pytree_node=False, default=False)
+
+    def log_prob(self, x: Array, t: Array) -> Array:
+        self.require_log_prob("Product.log_prob")
+        return sum(w * c.log_prob(x, t) for w, c in zip(self.weights, self.children))
+
+    def score(self, x: Array, t: Array) -> Array:
+        return sum(w * c.score(x, t) for w, c in zip(self.weights, self.children))
+
+    def log_prob_and_score(self, x: Array, t: Array) -> tuple[Array, Array]:
+        self.require_log_prob("Product.log_prob_and_score")
+        parts = [c.log_prob_and_score(x, t) for c in self.children]
+        log_p = sum(w * lp for w, (lp, _) in zip(self.weights, parts))
+        score = sum(w * s for w, (_, s) in zip(self.weights, parts))
+        return log_p, score
+
+    def score_only_leaves(self) -> list[str]:
+        return [name for c in self.children for name in c.score_only_leaves()]
+
+    def describe(self) -> str:
+        terms = [f"{c.describe()}^{float(w):g}" for w, c in zip(self.weights, self.children)]
+        return "(" + " * ".join(terms) + ")"
+
+
+@flax.struct.dataclass
+class Mixture(Density):
+    """``log pi_t = logsumexp_i(log w_i + log p_{i,t})``; needs log-densities."""
+
+    children: tuple[Density, ...]
+    log_weights: Array
+    dim: int = flax.struct.field(pytree_node=False, default=0)
+    has_log_prob: bool = flax.struct.field(pytree_node=False, default=True)
+
+    def log_prob(self, x: Array, t: Array) -> Array:
+        return self.log_prob_and_score(x, t)[0]
+
+    def log_prob_and_score(self, x: Array, t: Array) -> tuple[Array, Array]:
+        parts = [c.log_prob_and_score(x, t) for c in self.children]
+        joint = jnp.stack([lp for lp, _ in parts], -1) + self.log_weights  # [B, K]
+        log_p = jax.nn.logsumexp(joint, axis=-1)
+        resp = jax.nn.softmax(joint, axis=-1)
+        score = sum(resp[:, i, None] * s for i, (_, s) in enumerate(parts))
+        return log_p, score
+
+    def describe(self) -> str:
+        return "(" + " + ".join(c.describe() for c in self.children) + ")"
+
+
+def product(children: Sequence[Density], weights: Sequence[float] | None = None) -> Product:
+    """Weighted product ``prod_i p_i ** w_i``; nested products are flattened."""
+    children = list(children)
+    if not children:
+        raise ValueError("a product needs at least one density")
+    weights = [1.0] * len(children) if weights is None else list(weights)
+    if len(weights) != len(children):
+        raise ValueError(f"{len(children)} densities but {len(weights)} weights")
+    dim = _check_dims(children)
+    flat_children, flat_weights = [], []
+    for child, weight in zip(children, weights):
+        if isinstance(child, Product):
+            flat_children += list(child.children)
+            flat_weights += [weight * w for w in child.weights]
+        else:
+            flat_children.append(child)
+            flat_weights.append(weight)
+    return Product(children=tuple(flat_children),
+                   weights=jnp.asarray(flat_weights, jnp.float32), dim=dim,
+                   has_log_prob=all(c.has_log_prob for c in flat_children))
+
+
+def mixture(children: Sequence[Density], weights: Sequence[float] | None = None) -> Mixture:
+    """Mixture ``sum_i w_i p_i`` (weights normalized); every child needs a log-density."""
+    children = list(children)
+    if not children:
+        raise ValueError("a mixture needs at least one density")
+    weights = [1.0] * len(children) if weights is None else list(weights)
+    if len(weights) != len(children) or any(w <= 0 for w in weights):
+        raise ValueError(f"mixture weights must be {len(children)} positive numbers, got {weights}")
+    dim = _check_dims(children)
+    score_only = [n for c in children for n in c.score_only_leaves()]
+    if score_only:
+        raise ValueError(
+            "a mixture needs every component's log-density, but these components are "
+            f"score-only: {', '.join(score_only)}. Train them with an energy "
+            "parameterization (energy_l2, energy_dae, energy_ip) or use oracles.")
+    log_w = jnp.log(jnp.asarray(weights, jnp.float32))
+    return Mixture(children=tuple(children), log_weights=log_w - jax.nn.logsumexp(log_w),
+                   dim=dim)
+
+
+def negation(positive: Density, negative: Density, alpha: float = 0.5) -> Product:
+    """``p_pos / p_neg ** alpha`` (RRR uses ``alpha = 0.5``)."""
+    return product([positive, negative], [1.0, -alpha])
+
+
+def classifier_free(conditional: Density, unconditional: Density, scale: float) -> Product:
+    """``p(x|c)^(1+w) / p(x)^w``: ``eps = (1+w) eps_c - w eps_u``."""
+    return product([conditional, unconditional], [1.0 + scale, -scale])
+
+
+@flax.struct.dataclass
+class LogLikelihood(Density):
+    """A term ``log f(params, x, t)`` such as a classifier's ``log p(y | x_t, t)``.
+
+    ``fn(params, x, t) -> [B]`` must be differentiable in ``x``. Guidance by a
+    classifier with scale ``lam`` is ``model * LogLikelihood(...) ** lam``.
+    """
+
+    fn: Callable[[Any, Array, Array], Array] = flax.struct.field(pytree_node=False)
+    params: Any
+    dim: int = flax.struct.field(pytree_node=False, default=0)
+    name: str = flax.struct.field(pytree_node=False, default="likelihood")
+    has_log_prob: bool = flax.struct.field(pytree_node=False, default=True)
+
+    def log_prob(self, x: Array, t: Array) -> Array:
+        return self.fn(self.params, x, t)
+
+    def describe(self) -> str:
+        return self.name

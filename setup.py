@@ -1,0 +1,23 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="compdiff",
+    version="0.1.0",
+    description="Compositional generation with energy-based diffusion models and annealed MCMC.",
+    packages=find_packages(include=["compdiff", "compdiff.*"]),
+    python_requires=">=3.11",
+    install_requires=[
+        "jax>=0.4.35",
+        "flax>=0.10",
+        "optax>=0.2.3",
+        "orbax-checkpoint>=0.9",
+        "ml-collections>=0.1.1",
+        "absl-py>=2.0",
+        "chex>=0.1.87",
+        "numpy>=1.26",
+        "scipy>=1.11",
+        "scikit-learn>=1.4",
+        "matplotlib>=3.8",
+    ],
+    extras_require={"test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6"]},
+)
