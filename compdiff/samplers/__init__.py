@@ -1,0 +1,14 @@
+"""Annealed MCMC samplers over compositions, chosen by name.
+
+>>> hmc = samplers.get("hmc", steps_per_level=3, leapfrog=3, step=StepRule(0.03))
+>>> x, stats = samplers.sample(target, hmc, schedule, key, num=1000)
+"""
+
+from compdiff.samplers.annealed import SampleStats, chain_mesh, sample, tune_step
+from compdiff.samplers.kernels import ChainState, LevelParams
+from compdiff.samplers.registry import MassRule, Sampler, StepRule, get, names, register
+
+__all__ = [
+    "ChainState", "LevelParams", "MassRule", "SampleStats", "Sampler", "StepRule",
+    "chain_mesh", "get", "names", "register", "sample", "tune_step",
+]

@@ -1,0 +1,134 @@
+"""Samplers chosen by name (score_sde style) and their per-level schedules.
+
+A :class:`Sampler` is a frozen, hashable description: which kernel, how many
+kernel steps per level, and the rules that give each level its step size and
+mass. ``get("hmc", steps_per_level=3, leapfrog=3, step=StepRule(0.1, 1.0))``
+builds one; :func:`register` adds a kernel under a new name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from compdiff.samplers import kernels
+
+
+@dataclasses.dataclass(frozen=True)
+class StepRule:
+    """Per-level step size ``eta_t = a * beta_t ** b`` (``b = 0``: constant ``a``)."""
+
+    a: float
+    b: float = 0.0
+
+    def table(self, beta: np.ndarray) -> np.ndarray:
+        return self.a * np.asarray(beta, np.float64) ** self.b
+
+
+@dataclasses.dataclass(frozen=True)
+class MassRule:
+    """Per-level scalar HMC mass ``M_t = c * beta_t ** p`` (RRR images: ``M = beta_t``)."""
+
+    c: float = 1.0
+    p: float = 0.0
+
+    def table(self, beta: np.ndarray) -> np.ndarray:
+        return self.c * np.asarray(beta, np.float64) ** self.p
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelSpec:
+    kernel: kernels.Kernel | None  # None: the reverse-diffusion baseline, no kernel steps
+    needs_log_prob: bool
+    grads_per_step: str  # "one" or "leapfrog"
+
+
+_REGISTRY: dict[str, KernelSpec] = {
+    "reverse": KernelSpec(None, False, "one"),
+    "ula": KernelSpec(kernels.ula, False, "one"),
+    "mala": KernelSpec(kernels.mala, True, "one"),
+    "uhmc": KernelSpec(kernels.uhmc, False, "leapfrog"),
+    "hmc": KernelSpec(kernels.hmc, True, "leapfrog"),
+}
+
+
+def register(name: str, kernel: kernels.Kernel, needs_log_prob: bool,
+             grads_per_step: str = "one") -> None:
+    """Adds a kernel ``(target, ChainState, key, LevelParams) -> (ChainState, accept_prob)``."""
+    if grads_per_step not in ("one", "leapfrog"):
+        raise ValueError(f"grads_per_step must be 'one' or 'leapfrog', got {grads_per_step!r}")
+    _REGISTRY[name] = KernelSpec(kernel, needs_log_prob, grads_per_step)
+
+
+def names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampler:
+    """An annealed sampler: ``steps_per_level`` kernel steps at each level ``t = T..1``.
+
+    ``reverse_first`` runs one reverse-diffusion step into each level before
+    its kernel steps (RRR does this on images). The ``reverse`` sampler is
+    reverse diffusion alone.
+    """
+
+    name: str
+    steps_per_level: int = 10
+    step: StepRule = StepRule(1e-3)
+    mass: MassRule = MassRule()
+    leapfrog: int = 3
+    damping: float = 0.9
+    reverse_first: bool = False
+
+    def __post_init__(self):
+        if self.name not in _REGISTRY:
+            raise ValueError(f"unknown sampler {self.name!r}; known: {names()}")
+        if self.spec.kernel is not None and self.steps_per_level < 1:
+            raise ValueError(f"steps_per_level must be >= 1, got {self.steps_per_level}")
+        if self.leapfrog < 1:
+            raise ValueError(f"leapfrog must be >= 1, got {self.leapfrog}")
+        if not 0.0 <= self.damping < 1.0:
+            raise ValueError(f"damping must lie in [0, 1), got {self.damping}")
+        for label, value in (("step.a", self.step.a), ("step.b", self.step.b),
+                             ("mass.c", self.mass.c), ("mass.p", self.mass.p)):
+            if not math.isfinite(value):
+                raise ValueError(f"sampler {self.name!r}: {label} must be finite, got {value}")
+        if self.step.a <= 0 or self.mass.c <= 0:
+            raise ValueError(f"sampler {self.name!r}: step size and mass must be positive, "
+                             f"got step.a={self.step.a}, mass.c={self.mass.c}")
+
+    @property
+    def spec(self) -> KernelSpec:
+        return _REGISTRY[self.name]
+
+    @property
+    def num_kernel_steps(self) -> int:
+        return 0 if self.spec.kernel is None else self.steps_per_level
+
+    @property
+    def grads_per_step(self) -> int:
+        return self.leapfrog if self.spec.grads_per_step == "leapfrog" else 1
+
+    def nfe(self, num_levels: int) -> int:
+        """Gradient (score) evaluations per chain over a whole run of ``num_levels`` levels.
+
+        One evaluation refreshes the cache on entering each level (it also
+        gives the score the next reverse step uses), then each kernel step
+        costs ``grads_per_step``.
+        """
+        return num_levels * (1 + self.num_kernel_steps * self.grads_per_step)
+
+
+def get(name: str, **kwargs) -> Sampler:
+    """``get("mala", steps_per_level=10, step=StepRule(0.002))``; errors name the bad field."""
+    fields = {f.name for f in dataclasses.fields(Sampler)} - {"name"}
+    unknown = set(kwargs) - fields
+    if unknown:
+        raise ValueError(f"unknown sampler option(s) {sorted(unknown)}; known: {sorted(fields)}")
+    for rule, cls in (("step", StepRule), ("mass", MassRule)):
+        if isinstance(kwargs.get(rule), (int, float)):
+            kwargs[rule] = cls(float(kwargs[rule]))
+    return Sampler(name=name, **kwargs)
