@@ -1,0 +1,148 @@
+"""Parameterizations of a network ``s = s_theta(x, t, cond)`` as a diffusion model (DESIGN 1).
+
+- ``eps``: ``eps_hat = s``. Score only; there is no log-density.
+- ``energy_l2``: ``E = 0.5 ||s||^2`` (RRR's choice; bounded below).
+- ``energy_dae``: ``E = 0.5 ||x - s||^2`` (the form in RRR's 2D code).
+- ``energy_ip``: ``E = -<x, s>``.
+
+For every energy form ``eps_hat = grad_x E``, and at level ``t``
+
+    log p_t(x) = -E(x, t) / sigma_t + const,    score_t(x) = -eps_hat(x, t) / sigma_t,
+
+so the training loss ``||eps - eps_hat||^2`` is the same for all four. ``E``
+and ``grad_x E`` come out of one ``jax.vjp``: samples are independent rows, so
+pulling back a vector of ones gives every sample's own gradient.
+
+Levels ``t >= 1`` only: ``sigma_0 = 0`` and the model is not trained at level 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from compdiff.compose import Density
+from compdiff.schedules import Schedule
+
+Array = jnp.ndarray
+# (params, x [B, d], t [B] int, cond [B, c] | None) -> s [B, d]
+ApplyFn = Callable[[Any, Array, Array, Array | None], Array]
+
+_ENERGIES: dict[str, Callable[[Array, Array], Array]] = {
+    "energy_l2": lambda x, s: 0.5 * jnp.sum(s**2, axis=-1),
+    "energy_dae": lambda x, s: 0.5 * jnp.sum((x - s) ** 2, axis=-1),
+    "energy_ip": lambda x, s: -jnp.sum(x * s, axis=-1),
+}
+PARAMETERIZATIONS: tuple[str, ...] = ("eps", *_ENERGIES)
+
+
+def check_parameterization(name: str) -> str:
+    if name not in PARAMETERIZATIONS:
+        raise ValueError(f"unknown parameterization {name!r}; known: {list(PARAMETERIZATIONS)}")
+    return name
+
+
+def is_energy(name: str) -> bool:
+    """Whether parameterization ``name`` has a log-density (every form but ``eps``)."""
+    return check_parameterization(name) != "eps"
+
+
+def predict(apply_fn: ApplyFn, params: Any, parameterization: str, x: Array, t: Array,
+            cond: Array | None = None) -> tuple[Array | None, Array]:
+    """``(E [B], eps_hat [B, d])`` for energy forms, ``(None, eps_hat)`` for ``eps``.
+
+    ``t`` is one level per sample, ``[B]``.
+    """
+    if not is_energy(parameterization):
+        return None, apply_fn(params, x, t, cond)
+    energy = _ENERGIES[parameterization]
+    e, pullback = jax.vjp(lambda y: energy(y, apply_fn(params, y, t, cond)), x)
+    (eps_hat,) = pullback(jnp.ones_like(e))
+    return e, eps_hat
+
+
+@dataclasses.dataclass(frozen=True)
+class LinenApply:
+    """``ApplyFn`` of a Flax Linen module; equal modules give equal (hashable) functions,
+    so models rebuilt from the same config share compiled code under ``jax.jit``."""
+
+    module: nn.Module
+
+    def __call__(self, params: Any, x: Array, t: Array, cond: Array | None) -> Array:
+        return self.module.apply({"params": params}, x, t, cond)
+
+
+@flax.struct.dataclass
+class DiffusionModel(Density):
+    """A trained network as a level-``t`` density (a leaf of the composition algebra).
+
+    ``cond`` is conditioning bound into the model (``[c]`` or ``[B, c]``,
+    broadcast over the batch), ``None`` for an unconditional model. ``t`` is a
+    scalar level (a Python int or traced) or one level per sample.
+    """
+
+    apply_fn: ApplyFn = flax.struct.field(pytree_node=False)
+    params: Any
+    schedule: Schedule
+    parameterization: str = flax.struct.field(pytree_node=False)
+    cond: Array | None = None
+    dim: int = flax.struct.field(pytree_node=False, default=0)
+    name: str = flax.struct.field(pytree_node=False, default="model")
+
+    def __post_init__(self):
+        check_parameterization(self.parameterization)
+
+    @property
+    def has_log_prob(self) -> bool:
+        return is_energy(self.parameterization)
+
+    def _inputs(self, x: Array, t: Array) -> tuple[Array, Array | None]:
+        """Per-sample levels ``[B]`` and the bound conditioning broadcast to ``[B, c]``."""
+        t_vec = jnp.broadcast_to(jnp.asarray(t, jnp.int32), x.shape[:1])
+        if self.cond is None:
+            return t_vec, None
+        return t_vec, jnp.broadcast_to(self.cond, x.shape[:1] + self.cond.shape[-1:])
+
+    def _predict(self, x: Array, t: Array) -> tuple[Array | None, Array]:
+        return predict(self.apply_fn, self.params, self.parameterization, x, *self._inputs(x, t))
+
+    def _sigma(self, t: Array) -> Array:
+        """``sigma_t`` with a trailing axis: ``[1]`` for a scalar level, ``[B, 1]`` per sample."""
+        return self.schedule.sigma[jnp.asarray(t, jnp.int32)][..., None]
+
+    def eps_hat(self, x: Array, t: Array) -> Array:
+        """``eps_hat(x, t)`` ``[B, d]``: the network output or ``grad_x E``."""
+        return self._predict(x, t)[1]
+
+    def energy_and_eps(self, x: Array, t: Array) -> tuple[Array, Array]:
+        """``(E(x, t) [B], grad_x E [B, d])`` from one vjp; energy forms only."""
+        self.require_log_prob("energy_and_eps")
+        return self._predict(x, t)
+
+    def score(self, x: Array, t: Array) -> Array:
+        """``score_t(x) = -eps_hat(x, t) / sigma_t``."""
+        return -self.eps_hat(x, t) / self._sigma(t)
+
+    def log_prob(self, x: Array, t: Array) -> Array:
+        """``log p_t(x) = -E(x, t) / sigma_t`` (unnormalized); score-only for ``eps``."""
+        if not self.has_log_prob:
+            return super().log_prob(x, t)
+        # Forward pass only: no gradient is needed here.
+        s = self.apply_fn(self.params, x, *self._inputs(x, t))
+        return -_ENERGIES[self.parameterization](x, s) / self._sigma(t)[..., 0]
+
+    def log_prob_and_score(self, x: Array, t: Array) -> tuple[Array, Array]:
+        if not self.has_log_prob:
+            return super().log_prob_and_score(x, t)
+        e, eps_hat = self._predict(x, t)
+        sigma = self._sigma(t)
+        return -e / sigma[..., 0], -eps_hat / sigma
+
+    def describe(self) -> str:
+        return self.name
