@@ -75,6 +75,11 @@ class GaussianMixture(Density):
         z = jax.random.normal(k_noise, (num, self.dim))
         return self.means[comp] + jnp.einsum("bij,bj->bi", chol, z)
 
+    def at_level(self, t: int) -> "GaussianMixture":
+        """The level-``t`` marginal as a mixture in its own right (its level 0 is our level t)."""
+        means, covs = self._level_params(t)
+        return self.replace(means=means, covs=covs, name=f"{self.name}@{t}")
+
     def describe(self) -> str:
         return self.name
 

@@ -4,11 +4,11 @@
 >>> x, stats = samplers.sample(target, hmc, schedule, key, num=1000)
 """
 
-from compdiff.samplers.annealed import SampleStats, chain_mesh, sample, tune_step
+from compdiff.samplers.annealed import SampleStats, chain_mesh, run_chain, sample, tune_step
 from compdiff.samplers.kernels import ChainState, LevelParams
 from compdiff.samplers.registry import MassRule, Sampler, StepRule, get, names, register
 
 __all__ = [
     "ChainState", "LevelParams", "MassRule", "SampleStats", "Sampler", "StepRule",
-    "chain_mesh", "get", "names", "register", "sample", "tune_step",
+    "chain_mesh", "get", "names", "register", "run_chain", "sample", "tune_step",
 ]

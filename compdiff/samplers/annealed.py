@@ -60,6 +60,29 @@ def _level_tables(sampler: Sampler, schedule: Schedule, step_scale: Array):
     return step, mass
 
 
+def effective_sample_size(log_w: Array) -> Array:
+    """``(sum w)^2 / sum w^2`` of unnormalized log-weights."""
+    return jnp.exp(2 * jax.nn.logsumexp(log_w) - jax.nn.logsumexp(2 * log_w))
+
+
+def _maybe_resample(state: kernels.ChainState, log_w: Array, key: Array, threshold: float,
+                    force: Array, constrain):
+    """Systematic resampling when the ESS drops below ``threshold * num``.
+
+    Resampled chains carry the mean weight, so ``logmeanexp(log_w)`` stays an
+    estimate of the log normalizer ratio.
+    """
+    num = log_w.shape[0]
+    cdf = jnp.cumsum(jax.nn.softmax(log_w))
+    positions = (jax.random.uniform(key) + jnp.arange(num)) / num
+    idx = jnp.minimum(jnp.searchsorted(cdf, positions), num - 1)
+    resampled = jax.tree_util.tree_map(lambda a: constrain(a[idx]), state)
+    log_mean = jax.nn.logsumexp(log_w) - jnp.log(num)
+    do = force | (effective_sample_size(log_w) < threshold * num)
+    state = jax.tree_util.tree_map(lambda a, b: jnp.where(do, a, b), resampled, state)
+    return state, jnp.where(do, jnp.full_like(log_w, log_mean), log_w)
+
+
 def _run(target: Density, schedule: Schedule, key: Array, step_scale: Array, *,
          sampler: Sampler, num: int, denoise: bool, mesh: Mesh | None):
     constrain = (lambda a: a) if mesh is None else partial(
@@ -88,6 +111,12 @@ def _run(target: Density, schedule: Schedule, key: Array, step_scale: Array, *,
         log_w = log_w + log_prob - state.log_prob
         state = kernels.ChainState(x=x, v=state.v * jnp.sqrt(mass[t] / mass[t + 1]),
                                    log_prob=log_prob, grad=grad)
+        if sampler.resample_ess > 0:
+            # Always resample entering level 1, so the returned (unweighted)
+            # chains carry the weights; its kernel steps then spread duplicates.
+            force = t == 1
+            state, log_w = _maybe_resample(state, log_w, jax.random.fold_in(level_key, 1 << 21),
+                                           sampler.resample_ess, force, constrain)
         if kernel is None:
             return (state, log_w), jnp.nan
         params = kernels.LevelParams(t=t, step_size=step[t], mass=mass[t],
@@ -127,6 +156,11 @@ def _validate(target: Density, sampler: Sampler, schedule: Schedule, num: int,
         raise TypeError(f"sampler must come from samplers.get(...), got {type(sampler).__name__}")
     if sampler.spec.needs_log_prob:
         target.require_log_prob(f"the Metropolis-adjusted sampler {sampler.name!r}")
+    if sampler.resample_ess > 0:
+        target.require_log_prob("resampling by annealed importance weights")
+        if sampler.reverse_first or sampler.spec.kernel is None:
+            raise ValueError("resampling needs importance weights, which reverse steps do not "
+                             "have; use resample_ess=0 with reverse steps")
     step, mass = (np.asarray(a) for a in _level_tables(sampler, schedule, sampler.step.a))
     if not (np.all(np.isfinite(step[1:])) and np.all(step[1:] > 0)):
         raise ValueError(f"sampler {sampler.name!r}: step sizes must be finite and positive, "
@@ -157,6 +191,37 @@ def sample(target: Density, sampler: Sampler, schedule: Schedule, key: Array, nu
                      and not sampler.reverse_first)
     return x, SampleStats(accept=accept, log_weights=log_w if weights_valid else None,
                           nfe=sampler.nfe(schedule.num_levels))
+
+
+@partial(jax.jit, static_argnames=("sampler", "num_steps"))
+def _run_chain(target, x, v, key, t, step_size, mass, *, sampler, num_steps):
+    log_prob, grad = kernels.evaluate(target, x, t)
+    state = kernels.ChainState(x=x, v=v, log_prob=log_prob, grad=grad)
+    params = kernels.LevelParams(t=t, step_size=step_size, mass=mass,
+                                 damping=jnp.float32(sampler.damping), leapfrog=sampler.leapfrog)
+
+    def step(state, i):
+        state, prob = sampler.spec.kernel(target, state, jax.random.fold_in(key, i), params)
+        return state, jnp.mean(prob)
+
+    state, probs = jax.lax.scan(step, state, jnp.arange(num_steps))
+    return state.x, jnp.mean(probs)
+
+
+def run_chain(target: Density, sampler: Sampler, schedule: Schedule, t: int, x: Array,
+              key: Array, num_steps: int) -> tuple[Array, Array]:
+    """Runs ``num_steps`` kernel steps at the fixed level ``t`` from ``x`` [B, d].
+
+    Returns the final states and the mean acceptance probability. The step
+    size and mass are the sampler's level-``t`` values; momenta start fresh.
+    """
+    if sampler.spec.kernel is None:
+        raise ValueError("the 'reverse' sampler has no kernel to run at a fixed level")
+    _validate(target, sampler, schedule, x.shape[0], None)
+    step, mass = _level_tables(sampler, schedule, jnp.float32(sampler.step.a))
+    v = jax.random.normal(jax.random.fold_in(key, 2**31 - 1), x.shape) * jnp.sqrt(mass[t])
+    return _run_chain(target, x, v, key, jnp.int32(t), step[t], mass[t], sampler=sampler,
+                      num_steps=num_steps)
 
 
 def tune_step(target: Density, sampler: Sampler, schedule: Schedule, key: Array,

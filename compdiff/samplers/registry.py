@@ -72,7 +72,13 @@ class Sampler:
 
     ``reverse_first`` runs one reverse-diffusion step into each level before
     its kernel steps (RRR does this on images). The ``reverse`` sampler is
-    reverse diffusion alone.
+    reverse diffusion alone. ``resample_ess > 0`` turns annealed MCMC into
+    sequential Monte Carlo: on entering a level, if the effective sample size
+    of the annealed importance weights falls below ``resample_ess * num``, the
+    chains are resampled in proportion to their weights (systematic
+    resampling). Without it, chains that cannot cross between separated modes
+    at low noise freeze the mode weights of an intermediate level; the weights
+    correct exactly that (see ``tests/test_annealed.py``).
     """
 
     name: str
@@ -82,12 +88,15 @@ class Sampler:
     leapfrog: int = 3
     damping: float = 0.9
     reverse_first: bool = False
+    resample_ess: float = 0.0
 
     def __post_init__(self):
         if self.name not in _REGISTRY:
             raise ValueError(f"unknown sampler {self.name!r}; known: {names()}")
         if self.spec.kernel is not None and self.steps_per_level < 1:
             raise ValueError(f"steps_per_level must be >= 1, got {self.steps_per_level}")
+        if not 0.0 <= self.resample_ess <= 1.0:
+            raise ValueError(f"resample_ess must lie in [0, 1], got {self.resample_ess}")
         if self.leapfrog < 1:
             raise ValueError(f"leapfrog must be >= 1, got {self.leapfrog}")
         if not 0.0 <= self.damping < 1.0:
