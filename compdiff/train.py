@@ -1,0 +1,285 @@
+"""Training library: denoising loss, Adam + EMA, orbax checkpoints that resume.
+
+The loss is the same for every parameterization (DESIGN 1):
+
+    L(theta) = E_{x_0, t ~ U{1..T}, eps ~ N(0, I)} ||eps - eps_hat_theta(x_t, t)||^2,
+    x_t = sqrt(abar_t) x_0 + sigma_t eps,
+
+with fresh exact samples ``x_0`` from a toy 2D oracle every step. Updates are
+Adam after clipping the global gradient norm, and an EMA of the parameters,
+``ema <- d ema + (1 - d) params``, is the model one normally samples from.
+
+The randomness of step ``n`` is ``fold_in(data_key, n)``, so a run that is
+killed and resumed from a checkpoint ends bit-identical to one that was not.
+
+Work directory::
+
+    config.json      the config of the latest (re)start
+    metrics.jsonl    one JSON line per log: step, loss, steps_per_sec, elapsed_s
+    checkpoints/N/   orbax checkpoints of the TrainState after N steps (the last few)
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from absl import logging
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from compdiff import schedules
+from compdiff.data import toy2d
+from compdiff.models.diffusion import ApplyFn, DiffusionModel, LinenApply, predict
+from compdiff.models.mlp import ResidualMLP
+
+Array = jnp.ndarray
+# Config sections that fix what a checkpoint means; resuming with others is an error.
+_MODEL_SECTIONS = ("data", "model", "schedule")
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: Array  # int32 scalar: number of updates applied
+    params: Any
+    ema_params: Any
+    opt_state: Any
+
+
+# --- building blocks from a config ---------------------------------------------------------
+def make_schedule(config: ml_collections.ConfigDict) -> schedules.Schedule:
+    return schedules.get(config.schedule.name, config.schedule.num_levels)
+
+
+def make_network(config: ml_collections.ConfigDict, dim: int) -> ResidualMLP:
+    m = config.model
+    return ResidualMLP(dim=dim, hidden=m.hidden, num_blocks=m.num_blocks,
+                       time_embedding=m.time_embedding, num_levels=config.schedule.num_levels)
+
+
+def build_model(config: ml_collections.ConfigDict, params: Any) -> DiffusionModel:
+    """The :class:`DiffusionModel` of ``config`` with network parameters ``params``."""
+    schedule = make_schedule(config)
+    dim = toy2d.get(config.data.dataset, schedule).dim
+    return DiffusionModel(apply_fn=LinenApply(make_network(config, dim)), params=params,
+                          schedule=schedule, parameterization=config.model.parameterization,
+                          dim=dim, name=f"{config.data.dataset}/{config.model.parameterization}")
+
+
+def _optimizer(lr: float, grad_clip: float) -> optax.GradientTransformation:
+    return optax.chain(optax.clip_by_global_norm(grad_clip), optax.adam(lr))
+
+
+def init_state(config: ml_collections.ConfigDict, network: ResidualMLP, key: Array) -> TrainState:
+    x = jnp.zeros((1, network.dim), jnp.float32)
+    params = network.init(key, x, jnp.ones((1,), jnp.int32))["params"]
+    opt_state = _optimizer(config.train.lr, config.train.grad_clip).init(params)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
+                      opt_state=opt_state)
+
+
+# --- the step ------------------------------------------------------------------------------
+def loss_fn(params: Any, apply_fn: ApplyFn, parameterization: str, schedule: schedules.Schedule,
+            x0: Array, key: Array) -> Array:
+    """Monte Carlo estimate of ``L(theta)`` on the batch ``x0`` (mean over samples)."""
+    k_t, k_eps = jax.random.split(key)
+    t = jax.random.randint(k_t, x0.shape[:1], 1, schedule.num_levels + 1)
+    eps = jax.random.normal(k_eps, x0.shape)
+    x_t = jnp.sqrt(schedule.abar[t])[:, None] * x0 + schedule.sigma[t][:, None] * eps
+    _, eps_hat = predict(apply_fn, params, parameterization, x_t, t)
+    return jnp.mean(jnp.sum((eps - eps_hat) ** 2, axis=-1))
+
+
+@functools.partial(jax.jit, static_argnames=(
+    "network", "parameterization", "batch_size", "lr", "grad_clip", "ema_decay", "sharding"))
+def _train_step(state: TrainState, data_key: Array, oracle, schedule: schedules.Schedule, *,
+                network: ResidualMLP, parameterization: str, batch_size: int, lr: float,
+                grad_clip: float, ema_decay: float,
+                sharding: NamedSharding) -> tuple[TrainState, Array]:
+    k_data, k_loss = jax.random.split(jax.random.fold_in(data_key, state.step))
+    # Shard the batch across devices; params stay replicated, so XLA all-reduces the grads.
+    x0 = jax.lax.with_sharding_constraint(oracle.sample(k_data, batch_size), sharding)
+    loss, grads = jax.value_and_grad(loss_fn)(state.params, LinenApply(network),
+                                              parameterization, schedule, x0, k_loss)
+    updates, opt_state = _optimizer(lr, grad_clip).update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p,
+                       state.ema_params, params)
+    return TrainState(step=state.step + 1, params=params, ema_params=ema,
+                      opt_state=opt_state), loss
+
+
+# --- work directory: config, metrics, checkpoints ------------------------------------------
+def _config_path(workdir: str) -> str:
+    return os.path.join(workdir, "config.json")
+
+
+def _read_config(workdir: str) -> ml_collections.ConfigDict:
+    path = _config_path(workdir)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no training config at {path}")
+    try:
+        with open(path) as f:
+            return ml_collections.ConfigDict(json.load(f))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read the training config {path}: {e}") from e
+
+
+def _check_resumable(workdir: str, config: ml_collections.ConfigDict) -> None:
+    """A restart may change ``train.*`` (e.g. more steps), never what the weights mean."""
+    saved = _read_config(workdir).to_dict()
+    new = json.loads(config.to_json())
+    changed = [s for s in _MODEL_SECTIONS if saved.get(s) != new.get(s)]
+    if changed:
+        raise ValueError(
+            f"{workdir} holds a run with different {', '.join(changed)} settings "
+            f"(see {_config_path(workdir)}); use a new workdir")
+
+
+def _write_metrics(workdir: str, record: dict) -> None:
+    with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _log(workdir: str, step: int, steps: int, losses: list[Array], rate: float,
+         elapsed: float) -> None:
+    """Console line and a metrics.jsonl record for the steps since the last log."""
+    loss = float(jnp.mean(jnp.stack(losses)))
+    eta = f"{(steps - step) / rate:.0f}s" if rate > 0 else "?"
+    logging.info("step %d/%d  loss %.4f  %.1f steps/s  ETA %s", step, steps, loss, rate, eta)
+    _write_metrics(workdir, {"step": step, "loss": loss, "steps_per_sec": rate,
+                             "elapsed_s": elapsed})
+
+
+def _truncate_metrics(workdir: str, step: int) -> None:
+    """Drops lines logged after the checkpoint we resume from (a kill loses those steps)."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+    with open(path, "w") as f:
+        f.writelines(lines)
+
+
+def _manager(workdir: str, keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=not read_only, read_only=read_only,
+        cleanup_tmp_directories=not read_only)  # unfinished saves of a killed run
+    return ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), options=options)
+
+
+def _restore(manager: ocp.CheckpointManager, step: int, abstract: TrainState,
+             sharding: NamedSharding) -> TrainState:
+    path = os.path.join(str(manager.directory), str(step))
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
+                            abstract)
+    try:
+        return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    except Exception as e:  # orbax and tensorstore raise many types for a damaged checkpoint
+        raise ValueError(f"cannot restore checkpoint {path} (corrupt, or not written by "
+                         f"this config): {type(e).__name__}: {e}") from e
+
+
+def _abstract_state(config: ml_collections.ConfigDict, network: ResidualMLP) -> TrainState:
+    return jax.eval_shape(lambda: init_state(config, network, jax.random.key(0)))
+
+
+def _replicated() -> NamedSharding:
+    return NamedSharding(Mesh(np.asarray(jax.devices()), ("batch",)), PartitionSpec())
+
+
+# --- public entry points -------------------------------------------------------------------
+def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+    """Trains ``config`` in ``workdir``, resuming from its latest checkpoint if there is one.
+
+    Returns the final :class:`TrainState`; a finished run returns its last
+    checkpoint without training.
+    """
+    workdir = os.path.abspath(workdir)
+    tc = config.train
+    num_devices = jax.device_count()
+    if tc.batch_size % num_devices:
+        raise ValueError(f"batch_size {tc.batch_size} must divide over {num_devices} devices")
+    schedule = make_schedule(config)
+    oracle = toy2d.get(config.data.dataset, schedule)
+    network = make_network(config, oracle.dim)
+
+    os.makedirs(workdir, exist_ok=True)
+    if os.path.exists(_config_path(workdir)):
+        _check_resumable(workdir, config)
+    with open(_config_path(workdir), "w") as f:
+        f.write(config.to_json(indent=2))
+
+    replicated = _replicated()
+    init_key, data_key = jax.random.split(jax.random.key(tc.seed))
+    manager = _manager(workdir, keep=tc.keep_checkpoints)
+    latest = manager.latest_step()
+    if latest is None:
+        state = init_state(config, network, init_key)
+    else:
+        state = _restore(manager, latest, _abstract_state(config, network), replicated)
+        logging.info("Resuming from step %d (%s)", latest, manager.directory)
+    state = jax.device_put(state, replicated)
+    start = int(state.step)
+    _truncate_metrics(workdir, start)
+    if start >= tc.steps:
+        logging.info("Nothing to do: %s already trained for %d steps", workdir, start)
+        manager.close()
+        return state
+
+    step_fn = functools.partial(
+        _train_step, network=network, parameterization=config.model.parameterization,
+        batch_size=tc.batch_size, lr=tc.lr, grad_clip=tc.grad_clip, ema_decay=tc.ema_decay,
+        sharding=NamedSharding(replicated.mesh, PartitionSpec("batch")))
+    t_start = time.time()
+    t_window, timed, losses = t_start, 0, []
+    for step in range(start + 1, tc.steps + 1):
+        state, loss = step_fn(state, data_key, oracle, schedule)
+        losses.append(loss)
+        timed += 1
+        if step == start + 1:  # keep compilation out of the steps/s figures
+            jax.block_until_ready(loss)
+            logging.info("Compiled and ran step %d in %.1fs", step, time.time() - t_start)
+            t_window, timed = time.time(), 0
+        if step % tc.log_every == 0 or step == tc.steps:
+            _log(workdir, step, tc.steps, losses, timed / max(time.time() - t_window, 1e-9),
+                 time.time() - t_start)
+            t_window, timed, losses = time.time(), 0, []
+        if step % tc.checkpoint_every == 0 or step == tc.steps:
+            manager.save(step, args=ocp.args.StandardSave(state))
+    manager.wait_until_finished()
+    manager.close()
+    logging.info("Done: %d steps in %.1fs; checkpoints in %s", tc.steps - start,
+                 time.time() - t_start, manager.directory)
+    return state
+
+
+def load_model(workdir: str, use_ema: bool = True) -> DiffusionModel:
+    """The model trained in ``workdir`` at its latest checkpoint (EMA parameters by default)."""
+    workdir = os.path.abspath(workdir)
+    if not os.path.isdir(workdir):
+        raise FileNotFoundError(f"no training run at {workdir}: directory does not exist")
+    config = _read_config(workdir)
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        raise FileNotFoundError(f"no checkpoints in {workdir}")
+    manager = _manager(workdir, read_only=True)
+    try:
+        step = manager.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"no checkpoints in {manager.directory}")
+        network = make_network(config, toy2d.get(config.data.dataset,
+                                                 make_schedule(config)).dim)
+        state = _restore(manager, step, _abstract_state(config, network), _replicated())
+    finally:
+        manager.close()
+    return build_model(config, state.ema_params if use_ema else state.params)

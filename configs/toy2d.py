@@ -1,0 +1,67 @@
+"""Training configs for the 2D toy datasets (RRR section 5.1 and its 2D code).
+
+Variants are comma-separated ``key=value`` pairs after the file name, as in big_vision::
+
+    --config=configs/toy2d.py:dataset=ring,param=energy_l2
+
+- ``dataset``: one of :func:`compdiff.data.toy2d.names` (default ``ring``).
+- ``param``: the parameterization, ``eps``, ``energy_l2``, ``energy_dae`` or
+  ``energy_ip`` (default ``energy_l2``).
+
+Any other field is overridden on the command line, e.g.
+``--config.train.steps=200 --config.model.time_embedding=learned``.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from compdiff.data import toy2d
+from compdiff.models.diffusion import PARAMETERIZATIONS
+
+_VARIANTS = {"dataset": toy2d.names(), "param": list(PARAMETERIZATIONS)}
+_DEFAULTS = {"dataset": "ring", "param": "energy_l2"}
+
+
+def parse_variant(arg: str | None) -> dict[str, str]:
+    """``"dataset=ring,param=eps"`` -> ``{"dataset": "ring", "param": "eps"}`` over the defaults."""
+    variant = dict(_DEFAULTS)
+    for item in filter(None, (arg or "").split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or key not in _VARIANTS:
+            raise ValueError(f"bad config variant {item!r} in {arg!r}: expected key=value "
+                             f"pairs with keys {sorted(_VARIANTS)}")
+        if value not in _VARIANTS[key]:
+            raise ValueError(f"unknown {key} {value!r}; known: {_VARIANTS[key]}")
+        variant[key] = value
+    return variant
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    variant = parse_variant(arg)
+    config = ml_collections.ConfigDict()
+
+    config.data = ml_collections.ConfigDict()
+    config.data.dataset = variant["dataset"]
+
+    config.model = ml_collections.ConfigDict()
+    config.model.parameterization = variant["param"]
+    config.model.hidden = 128
+    config.model.num_blocks = 4
+    config.model.time_embedding = "sinusoidal"  # or "learned"
+
+    config.schedule = ml_collections.ConfigDict()
+    config.schedule.name = "linear"
+    config.schedule.num_levels = 100
+
+    config.train = ml_collections.ConfigDict()
+    config.train.steps = 15_000
+    config.train.batch_size = 1000
+    config.train.lr = 1e-3
+    config.train.ema_decay = 0.999
+    config.train.grad_clip = 1.0
+    config.train.log_every = 500
+    config.train.checkpoint_every = 2500
+    config.train.keep_checkpoints = 3
+    config.train.seed = 0
+    return config
