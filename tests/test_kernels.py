@@ -8,11 +8,13 @@ test sensitive: the unadjusted ULA and a MALA whose proposal density has the
 wrong variance both fail it.
 """
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 import pytest
 
 from compdiff import samplers
+from compdiff.compose import Density
 from compdiff.samplers import kernels
 from conftest import min_ks_pvalue
 
@@ -33,6 +35,19 @@ def _mala_with_wrong_proposal_variance(target, state, key, p):
 
 
 samplers.register("wrong_mala", _mala_with_wrong_proposal_variance, needs_log_prob=True)
+
+
+@flax.struct.dataclass
+class _Walled(Density):
+    """``inner`` with log-density -inf and a NaN score on the half-plane ``x > 0``."""
+
+    inner: Density
+    dim: int = flax.struct.field(pytree_node=False, default=2)
+    has_log_prob: bool = flax.struct.field(pytree_node=False, default=True)
+
+    def log_prob_and_score(self, x, t):
+        log_p, score = self.inner.log_prob_and_score(x, t)
+        return jnp.where(x[:, 0] > 0, -jnp.inf, log_p), jnp.where(x[:, :1] > 0, jnp.nan, score)
 
 
 def _chain_pvalue(target, sampler, schedule):
@@ -68,12 +83,7 @@ def test_wrong_or_unadjusted_kernels_fail_the_same_test(sampler, skewed_gmm, sch
 def test_non_finite_proposals_are_rejected(schedule, skewed_gmm):
     """A target whose log-density is -inf on half the plane never lets chains in."""
 
-    class Walled(type(skewed_gmm)):
-        def log_prob_and_score(self, x, t):
-            log_p, score = super().log_prob_and_score(x, t)
-            return jnp.where(x[:, 0] > 0, -jnp.inf, log_p), jnp.where(x[:, :1] > 0, jnp.nan, score)
-
-    walled = Walled(**{f: getattr(skewed_gmm, f) for f in skewed_gmm.__dataclass_fields__})
+    walled = _Walled(inner=skewed_gmm)
     x0 = jnp.full((512, 2), -0.05)
     for name in ("mala", "hmc"):
         x, accept = samplers.run_chain(walled, samplers.get(name, step=0.05), schedule, 1, x0,
