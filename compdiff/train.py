@@ -80,11 +80,17 @@ def _optimizer(lr: float, grad_clip: float) -> optax.GradientTransformation:
 
 
 def init_state(config: ml_collections.ConfigDict, network: ResidualMLP, key: Array) -> TrainState:
-    x = jnp.zeros((1, network.dim), jnp.float32)
-    params = network.init(key, x, jnp.ones((1,), jnp.int32))["params"]
-    opt_state = _optimizer(config.train.lr, config.train.grad_clip).init(params)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
-                      opt_state=opt_state)
+    tx = _optimizer(config.train.lr, config.train.grad_clip)
+
+    # One compiled program: run eagerly, every initializer op would be compiled on its own.
+    @jax.jit
+    def init(key: Array) -> TrainState:
+        x = jnp.zeros((1, network.dim), jnp.float32)
+        params = network.init(key, x, jnp.ones((1,), jnp.int32))["params"]
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
+                          opt_state=tx.init(params))
+
+    return init(key)
 
 
 # --- the step ------------------------------------------------------------------------------
@@ -215,32 +221,40 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     network = make_network(config, oracle.dim)
 
     os.makedirs(workdir, exist_ok=True)
-    if os.path.exists(_config_path(workdir)):
-        _check_resumable(workdir, config)
-    with open(_config_path(workdir), "w") as f:
-        f.write(config.to_json(indent=2))
-
     replicated = _replicated()
     init_key, data_key = jax.random.split(jax.random.key(tc.seed))
     manager = _manager(workdir, keep=tc.keep_checkpoints)
-    latest = manager.latest_step()
-    if latest is None:
-        state = init_state(config, network, init_key)
-    else:
-        state = _restore(manager, latest, _abstract_state(config, network), replicated)
-        logging.info("Resuming from step %d (%s)", latest, manager.directory)
-    state = jax.device_put(state, replicated)
-    start = int(state.step)
-    _truncate_metrics(workdir, start)
-    if start >= tc.steps:
-        logging.info("Nothing to do: %s already trained for %d steps", workdir, start)
+    try:
+        latest = manager.latest_step()
+        if latest is None:
+            state = init_state(config, network, init_key)
+        else:
+            _check_resumable(workdir, config)
+            state = _restore(manager, latest, _abstract_state(config, network), replicated)
+            logging.info("Resuming from step %d (%s)", latest, manager.directory)
+        with open(_config_path(workdir), "w") as f:
+            f.write(config.to_json(indent=2))
+        state = jax.device_put(state, replicated)
+        start = int(state.step)
+        _truncate_metrics(workdir, start)
+        if start >= tc.steps:
+            logging.info("Nothing to do: %s already trained for %d steps", workdir, start)
+            return state
+        step_fn = functools.partial(
+            _train_step, network=network, parameterization=config.model.parameterization,
+            batch_size=tc.batch_size, lr=tc.lr, grad_clip=tc.grad_clip, ema_decay=tc.ema_decay,
+            sharding=NamedSharding(replicated.mesh, PartitionSpec("batch")))
+        return _run(state, step_fn, data_key, oracle, schedule, manager, workdir, tc, start)
+    finally:
+        # Also on Ctrl-C: let an in-flight save finish so the next run resumes from it.
+        manager.wait_until_finished()
         manager.close()
-        return state
 
-    step_fn = functools.partial(
-        _train_step, network=network, parameterization=config.model.parameterization,
-        batch_size=tc.batch_size, lr=tc.lr, grad_clip=tc.grad_clip, ema_decay=tc.ema_decay,
-        sharding=NamedSharding(replicated.mesh, PartitionSpec("batch")))
+
+def _run(state: TrainState, step_fn, data_key: Array, oracle, schedule: schedules.Schedule,
+         manager: ocp.CheckpointManager, workdir: str, tc: ml_collections.ConfigDict,
+         start: int) -> TrainState:
+    """Steps ``start + 1 .. tc.steps`` with logging and checkpoints."""
     t_start = time.time()
     t_window, timed, losses = t_start, 0, []
     for step in range(start + 1, tc.steps + 1):
@@ -257,8 +271,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
             t_window, timed, losses = time.time(), 0, []
         if step % tc.checkpoint_every == 0 or step == tc.steps:
             manager.save(step, args=ocp.args.StandardSave(state))
-    manager.wait_until_finished()
-    manager.close()
     logging.info("Done: %d steps in %.1fs; checkpoints in %s", tc.steps - start,
                  time.time() - t_start, manager.directory)
     return state

@@ -1,0 +1,146 @@
+"""Training: the loss goes down, runs resume exactly, checkpoints load or fail clearly."""
+
+import importlib.util
+import json
+import logging
+import os
+import pathlib
+import shutil
+
+import chex
+import jax
+import pytest
+
+from compdiff import train as train_lib
+from compdiff.models import DiffusionModel
+from compdiff.models.diffusion import LinenApply
+
+_CONFIG_FILE = pathlib.Path(__file__).parent.parent / "configs" / "toy2d.py"
+
+
+def load_config_module():
+    spec = importlib.util.spec_from_file_location("toy2d_config", _CONFIG_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def small_config(param="eps", steps=40):
+    config = load_config_module().get_config(f"dataset=ring,param={param}")
+    config.model.hidden, config.model.num_blocks = 32, 2
+    config.schedule.num_levels = 50
+    config.train.update(steps=steps, batch_size=128, log_every=10, checkpoint_every=20)
+    return config
+
+
+def metric_steps(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line)["step"] for line in f]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """An uninterrupted 40-step run."""
+    workdir = str(tmp_path_factory.mktemp("uninterrupted"))
+    return workdir, train_lib.train(small_config(), workdir)
+
+
+def test_config_variants():
+    module = load_config_module()
+    config = module.get_config("dataset=left_bar,param=energy_dae")
+    assert (config.data.dataset, config.model.parameterization) == ("left_bar", "energy_dae")
+    assert module.get_config(None).data.dataset == "ring"
+    with pytest.raises(ValueError, match="unknown param 'energy'"):
+        module.get_config("param=energy")
+    with pytest.raises(ValueError, match="unknown dataset 'rings'"):
+        module.get_config("dataset=rings")
+    with pytest.raises(ValueError, match="key=value"):
+        module.get_config("ring,eps")
+
+
+def test_training_reduces_loss(tmp_path):
+    config = small_config("energy_l2", steps=150)
+    config.train.update(log_every=50, checkpoint_every=150)
+    state = train_lib.train(config, str(tmp_path))
+    schedule = train_lib.make_schedule(config)
+    oracle = train_lib.toy2d.get("ring", schedule)
+    apply_fn = LinenApply(train_lib.make_network(config, 2))
+    x0 = oracle.sample(jax.random.key(7), 4096)
+    loss = jax.jit(lambda p: train_lib.loss_fn(p, apply_fn, "energy_l2", schedule, x0,
+                                               jax.random.key(8)))
+    initial = train_lib.init_state(config, apply_fn.module, jax.random.key(0)).params
+    assert loss(state.params) < 0.5 * loss(initial)
+    assert loss(state.ema_params) < loss(initial)  # EMA (decay 0.999) trails far behind
+    assert int(state.step) == 150
+
+
+def test_interrupted_run_resumes_to_identical_state(finished, tmp_path, monkeypatch, caplog):
+    uninterrupted_dir, uninterrupted = finished
+    workdir = str(tmp_path)
+    write = train_lib._write_metrics
+
+    def killed_after_step_30(workdir, record):
+        write(workdir, record)
+        if record["step"] == 30:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_lib, "_write_metrics", killed_after_step_30)
+    with pytest.raises(KeyboardInterrupt):
+        train_lib.train(small_config(), workdir)
+    monkeypatch.setattr(train_lib, "_write_metrics", write)
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["20"]
+    assert metric_steps(workdir) == [10, 20, 30]
+
+    caplog.set_level(logging.INFO, logger="absl")
+    resumed = train_lib.train(small_config(), workdir)
+    assert "Resuming from step 20" in caplog.text
+    assert metric_steps(workdir) == metric_steps(uninterrupted_dir) == [10, 20, 30, 40]
+    chex.assert_trees_all_equal(resumed, uninterrupted)
+
+    # A finished run does nothing; more steps continue from the last checkpoint.
+    caplog.clear()
+    again = train_lib.train(small_config(), workdir)
+    assert "Nothing to do" in caplog.text and metric_steps(workdir)[-1] == 40
+    chex.assert_trees_all_equal(again, uninterrupted)
+    longer = train_lib.train(small_config(steps=50), workdir)
+    assert "Resuming from step 40" in caplog.text
+    assert int(longer.step) == 50 and metric_steps(workdir) == [10, 20, 30, 40, 50]
+
+
+def test_resume_refuses_a_different_model(finished, tmp_path):
+    workdir = str(tmp_path / "run")
+    shutil.copytree(finished[0], workdir)
+    config = small_config()
+    config.model.hidden = 64
+    with pytest.raises(ValueError, match="different model settings"):
+        train_lib.train(config, workdir)
+
+
+def test_load_model(finished):
+    workdir, state = finished
+    model = train_lib.load_model(workdir)
+    assert isinstance(model, DiffusionModel) and model.parameterization == "eps"
+    chex.assert_trees_all_equal(model.params, state.ema_params)
+    chex.assert_trees_all_equal(train_lib.load_model(workdir, use_ema=False).params,
+                                state.params)
+    assert model.score(jax.numpy.zeros((3, 2)), 5).shape == (3, 2)
+
+
+def test_load_model_missing(tmp_path):
+    missing = str(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match=missing):
+        train_lib.load_model(missing)
+    (tmp_path / "config.json").write_text(small_config().to_json())
+    with pytest.raises(FileNotFoundError, match="no checkpoints"):
+        train_lib.load_model(str(tmp_path))
+
+
+def test_load_model_corrupt_checkpoint(finished, tmp_path):
+    workdir = str(tmp_path / "run")
+    shutil.copytree(finished[0], workdir)
+    checkpoint = os.path.join(workdir, "checkpoints", "40")
+    for root, _, files in os.walk(checkpoint):
+        for name in files:
+            pathlib.Path(root, name).write_bytes(b"garbage")
+    with pytest.raises(ValueError, match=f"cannot restore checkpoint {checkpoint}"):
+        train_lib.load_model(workdir)
