@@ -26,7 +26,8 @@ composition passes through ``jax.jit`` and ``lax.scan`` as data.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.struct
 import jax
@@ -75,16 +76,16 @@ class Density:
                 "Use energy-parameterized or oracle models.")
 
     # --- the algebra, close to the math ------------------------------------
-    def __mul__(self, other: "Density") -> "Product":
+    def __mul__(self, other: Density) -> Product:
         return product([self, other])
 
-    def __truediv__(self, other: "Density") -> "Product":
+    def __truediv__(self, other: Density) -> Product:
         return product([self, other], [1.0, -1.0])
 
-    def __pow__(self, weight: float) -> "Product":
+    def __pow__(self, weight: float) -> Product:
         return product([self], [weight])
 
-    def __add__(self, other: "Density") -> "Mixture":
+    def __add__(self, other: Density) -> Mixture:
         return mixture([self, other])
 
 

@@ -75,7 +75,7 @@ class GaussianMixture(Density):
         z = jax.random.normal(k_noise, (num, self.dim))
         return self.means[comp] + jnp.einsum("bij,bj->bi", chol, z)
 
-    def at_level(self, t: int) -> "GaussianMixture":
+    def at_level(self, t: int) -> GaussianMixture:
         """The level-``t`` marginal as a mixture in its own right (its level 0 is our level t)."""
         means, covs = self._level_params(t)
         return self.replace(means=means, covs=covs, name=f"{self.name}@{t}")
@@ -84,7 +84,8 @@ class GaussianMixture(Density):
         return self.name
 
 
-def gaussian_mixture(means, stds, schedule: Schedule, weights=None, name: str = "gmm") -> GaussianMixture:
+def gaussian_mixture(means, stds, schedule: Schedule, weights=None,
+                     name: str = "gmm") -> GaussianMixture:
     """A mixture of isotropic (``stds`` per component) or full-covariance Gaussians."""
     means = np.atleast_2d(np.asarray(means, np.float32))
     num, dim = means.shape

@@ -12,7 +12,7 @@ of the definitions: ``beta_0 = 0``, ``abar_0 = 1``, ``sigma_0 = 0``.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import flax.struct
 import jax.numpy as jnp

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from compdiff import compose, exact, oracles, samplers
-from conftest import min_ks_pvalue
+from compdiff.testing import min_ks_pvalue
 
 NUM = 4000
 

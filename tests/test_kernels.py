@@ -16,7 +16,7 @@ import pytest
 from compdiff import samplers
 from compdiff.compose import Density
 from compdiff.samplers import kernels
-from conftest import min_ks_pvalue
+from compdiff.testing import min_ks_pvalue
 
 LEVEL, NUM, STEPS = 1, 4000, 100
 

@@ -15,7 +15,7 @@ builder), and evaluation uses its exact diffused density.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

@@ -152,6 +152,12 @@ def _validate(target: Density, sampler: Sampler, schedule: Schedule, num: int,
               mesh: Mesh | None) -> None:
     if not isinstance(target, Density):
         raise TypeError(f"target must be a compdiff Density, got {type(target).__name__}")
+    for leaf in jax.tree_util.tree_leaves(target):
+        if isinstance(leaf, Density):
+            raise TypeError(f"{leaf.describe()} ({type(leaf).__name__}) is not a pytree, so the "
+                            "composition cannot pass through jit; declare it with "
+                            "@flax.struct.dataclass, marking non-array fields "
+                            "flax.struct.field(pytree_node=False)")
     if not isinstance(sampler, Sampler):
         raise TypeError(f"sampler must come from samplers.get(...), got {type(sampler).__name__}")
     if sampler.spec.needs_log_prob:

@@ -23,7 +23,7 @@ diverging chain stays where it was instead of poisoning the batch.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import flax.struct
 import jax
@@ -125,7 +125,8 @@ def _hmc(target: Density, state: ChainState, key: Array, p: LevelParams, adjuste
     proposal = state.replace(x=x, v=v_new, log_prob=log_prob, grad=grad)
     current = state.replace(v=v)
     if adjusted:
-        log_accept = (log_prob - _sq(v_new) / (2 * p.mass)) - (state.log_prob - _sq(v) / (2 * p.mass))
+        kinetic = lambda u: _sq(u) / (2 * p.mass)
+        log_accept = (log_prob - kinetic(v_new)) - (state.log_prob - kinetic(v))
         accepted, prob = _accept(k_accept, log_accept, x, state.x)
     else:
         accepted, prob = jnp.ones(x.shape[:1], bool), jnp.ones(x.shape[:1])
