@@ -178,10 +178,13 @@ def _truncate_metrics(workdir: str, step: int) -> None:
 
 
 def _manager(workdir: str, keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=not read_only, read_only=read_only,
-        cleanup_tmp_directories=not read_only)  # unfinished saves of a killed run
-    return ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), options=options)
+    directory = os.path.join(workdir, "checkpoints")
+    if read_only:
+        options = ocp.CheckpointManagerOptions(read_only=True, create=False,
+                                               save_interval_steps=0, max_to_keep=None)
+    else:  # cleanup: unfinished saves of a killed run
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, cleanup_tmp_directories=True)
+    return ocp.CheckpointManager(directory, options=options)
 
 
 def _restore(manager: ocp.CheckpointManager, step: int, abstract: TrainState,
