@@ -80,17 +80,18 @@ def _optimizer(lr: float, grad_clip: float) -> optax.GradientTransformation:
 
 
 def init_state(config: ml_collections.ConfigDict, network: ResidualMLP, key: Array) -> TrainState:
-    tx = _optimizer(config.train.lr, config.train.grad_clip)
+    return _init_state(key, network=network, lr=config.train.lr,
+                       grad_clip=config.train.grad_clip)
 
-    # One compiled program: run eagerly, every initializer op would be compiled on its own.
-    @jax.jit
-    def init(key: Array) -> TrainState:
-        x = jnp.zeros((1, network.dim), jnp.float32)
-        params = network.init(key, x, jnp.ones((1,), jnp.int32))["params"]
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
-                          opt_state=tx.init(params))
 
-    return init(key)
+# Compiled as one program (eagerly, every initializer op would compile on its own) and
+# cached on the hashable network and hyperparameters.
+@functools.partial(jax.jit, static_argnames=("network", "lr", "grad_clip"))
+def _init_state(key: Array, *, network: ResidualMLP, lr: float, grad_clip: float) -> TrainState:
+    x = jnp.zeros((1, network.dim), jnp.float32)
+    params = network.init(key, x, jnp.ones((1,), jnp.int32))["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
+                      opt_state=_optimizer(lr, grad_clip).init(params))
 
 
 # --- the step ------------------------------------------------------------------------------

@@ -65,7 +65,7 @@ def test_training_reduces_loss(tmp_path):
     schedule = train_lib.make_schedule(config)
     oracle = train_lib.toy2d.get("ring", schedule)
     apply_fn = LinenApply(train_lib.make_network(config, 2))
-    x0 = oracle.sample(jax.random.key(7), 4096)
+    x0 = jax.jit(oracle.sample, static_argnums=1)(jax.random.key(7), 4096)
     loss = jax.jit(lambda p: train_lib.loss_fn(p, apply_fn, "energy_l2", schedule, x0,
                                                jax.random.key(8)))
     initial = train_lib.init_state(config, apply_fn.module, jax.random.key(0)).params
