@@ -10,7 +10,8 @@ Adam after clipping the global gradient norm, and an EMA of the parameters,
 ``ema <- d ema + (1 - d) params``, is the model one normally samples from.
 
 The randomness of step ``n`` is ``fold_in(data_key, n)``, so a run that is
-killed and resumed from a checkpoint ends bit-identical to one that was not.
+killed and resumed from a checkpoint ends bit-identical to one that was not
+(on the same devices: another device count changes reduction order).
 
 Work directory::
 
