@@ -104,7 +104,9 @@ class DiffusionModel(Density):
 
     def _inputs(self, x: Array, t: Array) -> tuple[Array, Array | None]:
         """Per-sample levels ``[B]`` and the bound conditioning broadcast to ``[B, c]``."""
-        t_vec = jnp.broadcast_to(jnp.asarray(t, jnp.int32), x.shape[:1])
+        t = jnp.asarray(t, jnp.int32)
+        # A scalar level stays one level: the network embeds it once for the batch.
+        t_vec = t.reshape(1) if t.ndim == 0 else jnp.broadcast_to(t, x.shape[:1])
         if self.cond is None:
             return t_vec, None
         return t_vec, jnp.broadcast_to(self.cond, x.shape[:1] + self.cond.shape[-1:])

@@ -34,7 +34,7 @@ def sinusoidal_embedding(t: Array, dim: int, max_period: float = 10_000.0) -> Ar
 
 
 class ResidualMLP(nn.Module):
-    """``(x [B, d], t [B] int, cond [B, c] | None) -> [B, dim]``.
+    """``(x [B, d], t [B] or [1] int, cond [B, c] | None) -> [B, dim]``.
 
     Attributes:
       dim: output dimension (the data dimension).
@@ -56,7 +56,11 @@ class ResidualMLP(nn.Module):
         if self.time_embedding not in TIME_EMBEDDINGS:
             raise ValueError(
                 f"unknown time_embedding {self.time_embedding!r}; known: {list(TIME_EMBEDDINGS)}")
-        t = jnp.broadcast_to(jnp.asarray(t, jnp.int32), x.shape[:1])
+        # A single level ([1] or scalar), as in sampling, embeds once and
+        # broadcasts: the time path is ~30% of an evaluation's FLOPs.
+        t = jnp.asarray(t, jnp.int32).reshape(-1)
+        if t.shape[0] not in (1, x.shape[0]):
+            raise ValueError(f"t must hold 1 or {x.shape[0]} levels, got shape {t.shape}")
         if self.time_embedding == "learned":
             emb = nn.Embed(self.num_levels + 1, self.hidden, name="time_embed")(t)
         else:
