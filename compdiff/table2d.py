@@ -1,0 +1,427 @@
+"""RRR's 2D composition table: train components, compose, sample at equal cost, evaluate.
+
+For every composition (``configs/table2d.py``), model kind and sampler:
+
+1. the component models are trained (or reused: :func:`compdiff.train.train`
+   resumes a finished run as a no-op) under ``DIR/models/<dataset>_<param>``;
+2. the composition is built from oracles, ``eps`` models or energy models;
+3. a sampler draws ``num_samples`` at level 1, and the samples are scored by
+   :mod:`compdiff.metrics` against the exact target, level 1 of the same
+   composition of *oracles* normalized on a grid (:func:`compdiff.exact.on_grid`).
+
+Equal cost. A run of an annealed sampler costs ``sampler.nfe(T)`` gradient
+evaluations per chain. ``reverse_equal`` is reverse diffusion with as many:
+models (or oracles) built on a ``T'``-level schedule, stopped at the level
+``offset + 1`` whose ``sigma`` is closest to ``sigma_1`` of the ``T``-level
+schedule, so its samples and the target share a noise level, with
+``T' - offset`` equal to the largest MCMC budget in the table.
+:class:`LevelShift` relabels levels ``offset + 1..T'`` as ``1..T' - offset``.
+
+Impossible cells (a mixture of score-only models; a Metropolis-adjusted
+sampler on a score-only composition) are rows with ``"status": "n/a"`` and
+the library's own error message as ``"reason"``.
+
+Outputs under ``DIR``: ``table2d.json``, ``table2d.md``,
+``samples/<composition>_<model>_<sampler>.npz`` (key ``x``) and
+``figures/<composition>.png``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import os
+import platform
+import time
+from collections.abc import Callable
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from compdiff import compose, exact, metrics, plots, samplers, schedules, train
+from compdiff.compose import Density
+from compdiff.data import toy2d
+from compdiff.models import is_energy
+from compdiff.schedules import Schedule
+
+Array = jnp.ndarray
+METRIC_KEYS = ("ll", "ll_exact", "mmd", "var", "accept", "nfe", "seconds")
+
+
+# --- levels: running reverse diffusion on a longer schedule -----------------------------------
+@flax.struct.dataclass
+class LevelShift(Density):
+    """``inner`` with its levels relabelled: level ``t`` here is level ``t + offset`` there."""
+
+    inner: Density
+    offset: int = flax.struct.field(pytree_node=False, default=0)
+    dim: int = flax.struct.field(pytree_node=False, default=0)
+    has_log_prob: bool = flax.struct.field(pytree_node=False, default=False)
+
+    def log_prob(self, x: Array, t: Array) -> Array:
+        return self.inner.log_prob(x, t + self.offset)
+
+    def score(self, x: Array, t: Array) -> Array:
+        return self.inner.score(x, t + self.offset)
+
+    def log_prob_and_score(self, x: Array, t: Array) -> tuple[Array, Array]:
+        return self.inner.log_prob_and_score(x, t + self.offset)
+
+    def describe(self) -> str:
+        return f"{self.inner.describe()}[t+{self.offset}]"
+
+
+def shift_levels(density: Density, offset: int) -> LevelShift:
+    """``density`` with level ``t`` read as level ``t + offset``."""
+    return LevelShift(inner=density, offset=offset, dim=density.dim,
+                      has_log_prob=density.has_log_prob)
+
+
+def shift_schedule(schedule: Schedule, offset: int) -> Schedule:
+    """``schedule`` restricted to levels ``offset..T``, relabelled ``0..T - offset``."""
+    if not 0 <= offset < schedule.num_levels:
+        raise ValueError(f"offset must lie in [0, {schedule.num_levels}), got {offset}")
+    return Schedule(**{f: getattr(schedule, f)[offset:]
+                       for f in ("beta", "alpha", "abar", "sigma", "btilde")})
+
+
+def equal_nfe_levels(name: str, sigma_1: float, nfe: int) -> tuple[int, int]:
+    """``(T', offset)`` with ``T' - offset = nfe`` and ``sigma'_{offset+1}`` closest to ``sigma_1``.
+
+    Reverse diffusion over levels ``T'..offset+1`` costs one score evaluation
+    per level, ``nfe`` in all.
+    """
+    for num_levels in range(nfe, 2 * nfe + 2):
+        sigma = np.asarray(schedules.get(name, num_levels).sigma[1:], np.float64)
+        offset = int(np.argmin(np.abs(sigma - sigma_1)))
+        if num_levels - offset == nfe:
+            return num_levels, offset
+    raise ValueError(f"no {name} schedule runs {nfe} levels down to sigma={sigma_1:g}")
+
+
+# --- models -----------------------------------------------------------------------------------
+def model_workdir(root: str, dataset: str, param: str, num_levels: int, base_levels: int) -> str:
+    suffix = "" if num_levels == base_levels else f"_T{num_levels}"
+    return os.path.join(root, "models", f"{dataset}_{param}{suffix}")
+
+
+def train_config(config: ml_collections.ConfigDict, dataset: str, param: str,
+                 num_levels: int) -> ml_collections.ConfigDict:
+    """``config.train`` (a ``configs/toy2d.py`` config) for one component model."""
+    c = copy.deepcopy(config.train)
+    c.data.dataset = dataset
+    c.model.parameterization = param
+    c.schedule.name = config.schedule.name
+    c.schedule.num_levels = num_levels
+    return c
+
+
+def _parameterization(config: ml_collections.ConfigDict, kind: str) -> str | None:
+    if kind == "oracle":
+        return None
+    if kind == "eps":
+        return "eps"
+    if kind == "energy":
+        return config.energy_param
+    raise ValueError(f"unknown model kind {kind!r}; known: oracle, eps, energy")
+
+
+def _model_kinds(config: ml_collections.ConfigDict, comp: ml_collections.ConfigDict) -> list[str]:
+    return [k for k in config.models if not comp.models or k in comp.models]
+
+
+def _uses_equal(config: ml_collections.ConfigDict) -> bool:
+    return any(config.samplers[s].equal_nfe for s in config.sampler_names)
+
+
+class _Untrained(Density):
+    """Stands in for a component model that is not trained (yet).
+
+    Composition constructors check only structure (dimension, whether each
+    leaf has a log-density), so a composition the library refuses, such as a
+    mixture of score-only models, is refused with its own message before any
+    model is trained for it.
+    """
+
+    def __init__(self, dataset: str, param: str, dim: int = 2):
+        self.dim, self.has_log_prob, self.name = dim, is_energy(param), f"{dataset}/{param}"
+
+    def describe(self) -> str:
+        return self.name
+
+    def score(self, x: Array, t: Array) -> Array:
+        raise RuntimeError(f"model {self.name} was never trained")
+
+
+def needed_models(config: ml_collections.ConfigDict, equal_levels: int | None
+                  ) -> list[tuple[str, str, int]]:
+    """Every ``(dataset, parameterization, T)`` of a composition the library accepts."""
+    levels = [config.schedule.num_levels] + ([equal_levels] if equal_levels else [])
+    needed = []
+    for name in config.composition_names:
+        comp = config.compositions[name]
+        for kind in _model_kinds(config, comp):
+            param = _parameterization(config, kind)
+            if param is None:
+                continue
+            try:
+                combine(comp.op, [_Untrained(d, param) for d in comp.components], comp.alpha)
+            except ValueError:
+                continue  # an n/a cell: its row carries the reason
+            needed += [(d, param, t) for d in comp.components for t in levels]
+    return list(dict.fromkeys(needed))
+
+
+def train_models(config: ml_collections.ConfigDict, workdir: str, equal_levels: int | None
+                 ) -> dict[tuple[str, str, int], Density]:
+    """Trains (or reuses) every needed component model and loads it."""
+    models = {}
+    needed = needed_models(config, equal_levels)
+    for i, (dataset, param, levels) in enumerate(needed):
+        path = model_workdir(workdir, dataset, param, levels, config.schedule.num_levels)
+        t0 = time.time()
+        train.train(train_config(config, dataset, param, levels), path)
+        models[dataset, param, levels] = train.load_model(path)
+        logging.info("[model %d/%d] %s %s T=%d ready in %.1fs (%s)", i + 1, len(needed), dataset,
+                     param, levels, time.time() - t0, path)
+    return models
+
+
+# --- compositions and samplers ----------------------------------------------------------------
+def combine(op: str, leaves: list[Density], alpha: float = 0.5) -> Density:
+    """``product`` / ``mixture`` (equal weights) / ``negation`` ``leaves[0] / leaves[1]**alpha``."""
+    if op == "product":
+        return compose.product(leaves)
+    if op == "mixture":
+        return compose.mixture(leaves)
+    if op == "negation":
+        if len(leaves) != 2:
+            raise ValueError(f"negation needs 2 components, got {len(leaves)}")
+        return compose.negation(leaves[0], leaves[1], alpha)
+    raise ValueError(f"unknown composition op {op!r}; known: product, mixture, negation")
+
+
+def build(comp: ml_collections.ConfigDict, param: str | None, schedule: Schedule,
+          models: dict) -> Density:
+    """The composition ``comp`` over oracles (``param is None``) or trained models."""
+    if param is None:
+        leaves = [toy2d.get(d, schedule) for d in comp.components]
+    else:
+        leaves = [models.get((d, param, schedule.num_levels)) or _Untrained(d, param)
+                  for d in comp.components]
+    density = combine(comp.op, leaves, comp.alpha)  # refuses impossible compositions
+    untrained = [leaf.describe() for leaf in leaves if isinstance(leaf, _Untrained)]
+    if untrained:
+        raise RuntimeError(f"composition {comp.components} needs untrained models {untrained}")
+    return density
+
+
+def make_sampler(spec: ml_collections.ConfigDict) -> samplers.Sampler:
+    return samplers.get(spec.kind, steps_per_level=spec.steps_per_level, leapfrog=spec.leapfrog,
+                        step=samplers.StepRule(spec.step_a, spec.step_b),
+                        mass=samplers.MassRule(spec.mass_c, spec.mass_p), damping=spec.damping)
+
+
+# --- one cell ---------------------------------------------------------------------------------
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def run_cell(density_fn, sampler: samplers.Sampler, spec: ml_collections.ConfigDict,
+             schedule: Schedule, key: Array, num: int) -> tuple[dict, np.ndarray | None]:
+    """Samples one cell. ``density_fn()`` builds the composition (it may refuse).
+
+    Returns ``(row fields, samples)``; an impossible cell gives ``status: n/a``
+    with the library's error message and no samples.
+    """
+    t0 = time.time()
+    try:
+        density = density_fn()
+        if spec.target_accept > 0:
+            sampler = samplers.tune_step(density, sampler, schedule, jax.random.fold_in(key, 1),
+                                         spec.target_accept)
+        tuned = time.time() - t0
+        t0 = time.time()
+        x, stats = samplers.sample(density, sampler, schedule, key, num)
+        x = np.asarray(jax.block_until_ready(x))
+    except ValueError as e:
+        return {"status": "n/a", "reason": str(e)}, None
+    accept = float(np.nanmean(np.asarray(stats.accept))) if sampler.spec.needs_log_prob else None
+    return {"status": "ok", "accept": accept, "nfe": stats.nfe, "seconds": time.time() - t0,
+            "tune_seconds": tuned, "step": sampler.step.a}, x
+
+
+# --- the table --------------------------------------------------------------------------------
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return (f"{cpu}; {os.cpu_count()} CPUs visible; {platform.platform()}; "
+            f"python {platform.python_version()}; jax {jax.__version__}; "
+            f"devices {[str(d) for d in jax.devices()]}")
+
+
+def _equal_nfe(config: ml_collections.ConfigDict, base: Schedule) -> tuple[int, int, int] | None:
+    """``(nfe, T', offset)`` for ``reverse_equal``: the largest MCMC budget in the table."""
+    if not _uses_equal(config):
+        return None
+    budgets = [make_sampler(config.samplers[s]).nfe(base.num_levels)
+               for s in config.sampler_names if config.samplers[s].kind != "reverse"]
+    if not budgets:
+        raise ValueError("reverse_equal matches the MCMC samplers' cost, but none is configured")
+    nfe = max(budgets)
+    return (nfe, *equal_nfe_levels(config.schedule.name, float(base.sigma[1]), nfe))
+
+
+def _figure_density(density: Density, config: ml_collections.ConfigDict):
+    if not density.has_log_prob:
+        return None
+    return exact.on_grid(density, 1, extent=config.figure.extent, size=config.figure.grid_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Context:
+    """What every cell of one table run shares."""
+
+    config: ml_collections.ConfigDict
+    workdir: str
+    base: Schedule
+    models: dict
+    equal: tuple[int, int, int] | None  # (nfe, T', offset) of reverse_equal
+
+    def cell_density(self, comp, param: str | None, spec) -> tuple[Callable[[], Density],
+                                                                    Schedule]:
+        """A builder of the cell's composition (it may refuse) and the schedule to sample on."""
+        if not spec.equal_nfe:
+            return lambda: build(comp, param, self.base, self.models), self.base
+        _, levels, offset = self.equal
+        longer = schedules.get(self.config.schedule.name, levels)
+        return (lambda: shift_levels(build(comp, param, longer, self.models), offset),
+                shift_schedule(longer, offset))
+
+
+def _run_composition(ctx: _Context, ci: int, name: str) -> list[dict]:
+    config, comp = ctx.config, ctx.config.compositions[name]
+    t0 = time.time()
+    target = exact.on_grid(build(comp, None, ctx.base, ctx.models), 1,
+                           extent=config.grid.extent, size=config.grid.size)
+    comp_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), ci)
+    reference = np.asarray(target.sample(jax.random.fold_in(comp_key, 0), config.num_samples))
+    ll_exact = metrics.ll(reference, target)
+    logging.info("== %s: exact target ready in %.1fs, ll_exact %.3f", name, time.time() - t0,
+                 ll_exact)
+    rows, figure_rows = [], []
+    for kind in _model_kinds(config, comp):
+        param = _parameterization(config, kind)
+        panels = _component_panels(comp, param, ctx.base, ctx.models, config)
+        for si, sname in enumerate(config.sampler_names):
+            spec = config.samplers[sname]
+            density_fn, schedule = ctx.cell_density(comp, param, spec)
+            fields, x = run_cell(density_fn, make_sampler(spec), spec, schedule,
+                                 jax.random.fold_in(comp_key, 1 + si), config.num_samples)
+            row = {"composition": name, "model": kind, "parameterization": param or "oracle",
+                   "sampler": sname, "table": bool(comp.table), **fields}
+            if x is None:
+                panels.append((f"{sname}: n/a", None))
+                logging.info("%s | %s | %s: n/a (%s)", name, kind, sname, row["reason"])
+            else:
+                np.savez(os.path.join(ctx.workdir, "samples", f"{name}_{kind}_{sname}.npz"), x=x)
+                row.update(metrics.evaluate(x, target, reference, comp.gmm_components,
+                                            config.seed), ll_exact=ll_exact)
+                panels.append((sname, x))
+                logging.info("%s | %s | %s: ll %.3f (exact %.3f) mmd %.2e var %.2e accept %s "
+                             "nfe %d %.1fs", name, kind, sname, row["ll"], ll_exact, row["mmd"],
+                             row["var"], _fmt(row["accept"], ".2f"), row["nfe"], row["seconds"])
+            rows.append({k: _finite_or_none(v) for k, v in row.items()})
+        figure_rows.append((kind if param is None else f"{kind} ({param})", panels))
+    plots.figure(os.path.join(ctx.workdir, "figures", f"{name}.png"), figure_rows,
+                 extent=config.figure.extent)
+    return rows
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Builds the whole table in ``workdir``; returns what it writes to ``table2d.json``."""
+    t_start = time.time()
+    for sub in ("samples", "figures"):
+        os.makedirs(os.path.join(workdir, sub), exist_ok=True)
+    base = schedules.get(config.schedule.name, config.schedule.num_levels)
+    equal = _equal_nfe(config, base)
+    if equal:
+        logging.info("reverse_equal: NFE %d = levels %d..%d of a T'=%d schedule", equal[0],
+                     equal[1], equal[2] + 1, equal[1])
+    models = train_models(config, workdir, equal[1] if equal else None)
+    ctx = _Context(config=config, workdir=workdir, base=base, models=models, equal=equal)
+    rows = [row for ci, name in enumerate(config.composition_names)
+            for row in _run_composition(ctx, ci, name)]
+    result = {"rows": rows, "machine": machine(), "variant": config.get("variant", ""),
+              "equal_nfe": None if equal is None else dict(zip(("nfe", "levels", "offset"), equal)),
+              "wall_seconds": time.time() - t_start}
+    with open(os.path.join(workdir, "table2d.json"), "w") as f:
+        json.dump(result, f, indent=1, allow_nan=False)
+    with open(os.path.join(workdir, "table2d.md"), "w") as f:
+        f.write(markdown(result))
+    logging.info("table2d done in %.1fs: %s", result["wall_seconds"], workdir)
+    return result
+
+
+def _component_panels(comp, param: str | None, base: Schedule, models: dict,
+                      config: ml_collections.ConfigDict) -> list:
+    """Level-1 densities of the components and of their composition, as this kind models them."""
+    if param == "eps":
+        return [(f"{d} (score-only)", None) for d in comp.components] + [("composed", None)]
+    if param is None:
+        leaves = [toy2d.get(d, base) for d in comp.components]
+    else:
+        leaves = [models[d, param, base.num_levels] for d in comp.components]
+    panels = [(d, _figure_density(leaf, config)) for d, leaf in zip(comp.components, leaves)]
+    composed = combine(comp.op, leaves, comp.alpha)
+    return panels + [("exact" if param is None else "composed", _figure_density(composed, config))]
+
+
+# --- Markdown ---------------------------------------------------------------------------------
+def _fmt(value: Any, spec: str = ".3f") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "fail"
+    return format(value, spec)
+
+
+def markdown(result: dict) -> str:
+    """The table as Markdown; n/a cells point to numbered footnotes with their reasons."""
+    lines = ["| composition | model | sampler | LL | LL exact | MMD^2 | Var | accept | NFE | s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    reasons: list[str] = []
+    for r in (r for r in result["rows"] if r.get("table", True)):
+        head = f"| {r['composition']} | {r['parameterization']} | {r['sampler']} |"
+        if r["status"] != "ok":
+            if r["reason"] not in reasons:
+                reasons.append(r["reason"])
+            lines.append(f"{head} n/a [{reasons.index(r['reason']) + 1}] | | | | | | |")
+            continue
+        # A non-finite metric was stored as null; "fail" says so in the table.
+        ll, mmd, var = (("fail" if r.get(k) is None else _fmt(r[k], s))
+                        for k, s in (("ll", ".3f"), ("mmd", ".2e"), ("var", ".2e")))
+        lines.append(f"{head} {ll} | {_fmt(r['ll_exact'])} | {mmd} | {var} | "
+                     f"{_fmt(r['accept'], '.2f')} | {r['nfe']} | {r['seconds']:.1f} |")
+    lines.append("")
+    lines += [f"[{i + 1}] {reason}" for i, reason in enumerate(reasons)]
+    eq = result.get("equal_nfe")
+    if eq:
+        lines.append(f"\nreverse_equal: reverse diffusion on a T'={eq['levels']} schedule from "
+                     f"level {eq['levels']} down to level {eq['offset'] + 1} "
+                     f"(sigma matched to level 1 of the table's schedule), NFE {eq['nfe']}.")
+    lines.append(f"\nMachine: {result['machine']}. Wall time {result['wall_seconds']:.0f}s.")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,39 @@
+"""RRR's 2D composition table: trains (or reuses) the component models, samples, evaluates.
+
+    python scripts/table2d.py --config=configs/table2d.py:quick --workdir=runs/table2d
+
+Writes ``table2d.json``, ``table2d.md``, ``samples/*.npz`` and ``figures/*.png``
+under the workdir; component models live in ``<workdir>/models/`` and are
+reused by later runs.
+"""
+
+import logging
+
+from absl import app, flags
+from absl import logging as absl_logging
+from ml_collections import config_flags
+
+from compdiff import table2d
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Table config file[:variant].",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (models are reused from it).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _quiet_orbax(record: logging.LogRecord) -> bool:
+    # Orbax logs every phase of every save at INFO, which buries the progress lines.
+    return record.levelno >= logging.WARNING or "/orbax/" not in record.pathname
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    absl_logging.set_verbosity(absl_logging.INFO)
+    absl_logging.get_absl_handler().addFilter(_quiet_orbax)
+    result = table2d.run(_CONFIG.value, _WORKDIR.value)
+    print(table2d.markdown(result))
+
+
+if __name__ == "__main__":
+    app.run(main)
