@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 
 from compdiff.exact import GridTarget  # noqa: E402
 
-Panel = tuple[str, GridTarget | np.ndarray | None]  # (title, content); None leaves it blank
+Panel = tuple[str, GridTarget | np.ndarray | None]  # (title, content); None: title only
 
 
 def _draw_density(ax, target: GridTarget, extent: float) -> None:
@@ -57,10 +57,14 @@ def figure(path: str, rows: Sequence[tuple[str, Sequence[Panel]]], *, extent: fl
         for col, ax in enumerate(row_axes):
             ax.set_xticks([])
             ax.set_yticks([])
-            if col >= len(panels) or panels[col][1] is None:
+            if col >= len(panels):
                 ax.axis("off")
                 continue
             title, content = panels[col]
+            if content is None:  # a cell with nothing to show: keep its title and row label
+                ax.set_frame_on(False)
+                ax.set_title(title, fontsize=8, color="gray")
+                continue
             if isinstance(content, GridTarget):
                 _draw_density(ax, content, extent)
             else:

@@ -237,11 +237,12 @@ def _finite_or_none(value: Any) -> Any:
 
 
 def run_cell(density_fn, sampler: samplers.Sampler, spec: ml_collections.ConfigDict,
-             schedule: Schedule, key: Array, num: int) -> tuple[dict, np.ndarray | None]:
+             schedule: Schedule, key: Array, num: int
+             ) -> tuple[dict, np.ndarray | None, Density | None]:
     """Samples one cell. ``density_fn()`` builds the composition (it may refuse).
 
-    Returns ``(row fields, samples)``; an impossible cell gives ``status: n/a``
-    with the library's error message and no samples.
+    Returns ``(row fields, samples, composition)``; an impossible cell gives
+    ``status: n/a`` with the library's error message and no samples.
     """
     t0 = time.time()
     try:
@@ -254,10 +255,10 @@ def run_cell(density_fn, sampler: samplers.Sampler, spec: ml_collections.ConfigD
         x, stats = samplers.sample(density, sampler, schedule, key, num)
         x = np.asarray(jax.block_until_ready(x))
     except ValueError as e:
-        return {"status": "n/a", "reason": str(e)}, None
+        return {"status": "n/a", "reason": str(e)}, None, None
     accept = float(np.nanmean(np.asarray(stats.accept))) if sampler.spec.needs_log_prob else None
     return {"status": "ok", "accept": accept, "nfe": stats.nfe, "seconds": time.time() - t0,
-            "tune_seconds": tuned, "step": sampler.step.a}, x
+            "tune_seconds": tuned, "step": sampler.step.a}, x, density
 
 
 # --- the table --------------------------------------------------------------------------------
@@ -312,6 +313,22 @@ class _Context:
                 shift_schedule(longer, offset))
 
 
+def _model_target(density: Density, config: ml_collections.ConfigDict, key: Array
+                  ) -> tuple[exact.GridTarget, np.ndarray]:
+    """The cell's own composition of trained models, grid-normalized at level 1, and samples.
+
+    Scoring against it isolates sampler error: the exact target scores the
+    models and the sampler together.
+    """
+    target = exact.on_grid(density, 1, extent=config.grid.extent, size=config.grid.model_size)
+    return target, np.asarray(target.sample(jax.random.fold_in(key, 2**20), config.num_samples))
+
+
+def _model_metrics(x: np.ndarray, target: exact.GridTarget, reference: np.ndarray) -> dict:
+    return {"ll_model": metrics.ll(x, target), "ll_model_exact": metrics.ll(reference, target),
+            "mmd_model": metrics.mmd(x, reference)}
+
+
 def _run_composition(ctx: _Context, ci: int, name: str) -> list[dict]:
     config, comp = ctx.config, ctx.config.compositions[name]
     t0 = time.time()
@@ -322,15 +339,16 @@ def _run_composition(ctx: _Context, ci: int, name: str) -> list[dict]:
     ll_exact = metrics.ll(reference, target)
     logging.info("== %s: exact target ready in %.1fs, ll_exact %.3f", name, time.time() - t0,
                  ll_exact)
-    rows, figure_rows = [], []
+    rows, figure_rows, model_targets = [], [], {}
     for kind in _model_kinds(config, comp):
         param = _parameterization(config, kind)
         panels = _component_panels(comp, param, ctx.base, ctx.models, config)
         for si, sname in enumerate(config.sampler_names):
             spec = config.samplers[sname]
             density_fn, schedule = ctx.cell_density(comp, param, spec)
-            fields, x = run_cell(density_fn, make_sampler(spec), spec, schedule,
-                                 jax.random.fold_in(comp_key, 1 + si), config.num_samples)
+            fields, x, density = run_cell(density_fn, make_sampler(spec), spec, schedule,
+                                          jax.random.fold_in(comp_key, 1 + si),
+                                          config.num_samples)
             row = {"composition": name, "model": kind, "parameterization": param or "oracle",
                    "sampler": sname, "table": bool(comp.table), **fields}
             if x is None:
@@ -340,6 +358,11 @@ def _run_composition(ctx: _Context, ci: int, name: str) -> list[dict]:
                 np.savez(os.path.join(ctx.workdir, "samples", f"{name}_{kind}_{sname}.npz"), x=x)
                 row.update(metrics.evaluate(x, target, reference, comp.gmm_components,
                                             config.seed), ll_exact=ll_exact)
+                if param is not None and density.has_log_prob:
+                    cache = (kind, bool(spec.equal_nfe))
+                    if cache not in model_targets:
+                        model_targets[cache] = _model_target(density, config, comp_key)
+                    row.update(_model_metrics(x, *model_targets[cache]))
                 panels.append((sname, x))
                 logging.info("%s | %s | %s: ll %.3f (exact %.3f) mmd %.2e var %.2e accept %s "
                              "nfe %d %.1fs", name, kind, sname, row["ll"], ll_exact, row["mmd"],
@@ -401,21 +424,25 @@ def _fmt(value: Any, spec: str = ".3f") -> str:
 
 def markdown(result: dict) -> str:
     """The table as Markdown; n/a cells point to numbered footnotes with their reasons."""
-    lines = ["| composition | model | sampler | LL | LL exact | MMD^2 | Var | accept | NFE | s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| composition | model | sampler | LL | LL exact | MMD^2 | Var | LL model (exact) "
+             "| MMD^2 model | accept | NFE | s |", "|---" * 12 + "|"]
     reasons: list[str] = []
     for r in (r for r in result["rows"] if r.get("table", True)):
         head = f"| {r['composition']} | {r['parameterization']} | {r['sampler']} |"
         if r["status"] != "ok":
             if r["reason"] not in reasons:
                 reasons.append(r["reason"])
-            lines.append(f"{head} n/a [{reasons.index(r['reason']) + 1}] | | | | | | |")
+            lines.append(f"{head} n/a [{reasons.index(r['reason']) + 1}] | | | | | | | | |")
             continue
         # A non-finite metric was stored as null; "fail" says so in the table.
         ll, mmd, var = (("fail" if r.get(k) is None else _fmt(r[k], s))
                         for k, s in (("ll", ".3f"), ("mmd", ".2e"), ("var", ".2e")))
-        lines.append(f"{head} {ll} | {_fmt(r['ll_exact'])} | {mmd} | {var} | "
-                     f"{_fmt(r['accept'], '.2f')} | {r['nfe']} | {r['seconds']:.1f} |")
+        model = "-"
+        if "ll_model" in r:
+            model = f"{_fmt(r['ll_model'])} ({_fmt(r['ll_model_exact'])})"
+        lines.append(f"{head} {ll} | {_fmt(r['ll_exact'])} | {mmd} | {var} | {model} | "
+                     f"{_fmt(r.get('mmd_model'), '.2e')} | {_fmt(r['accept'], '.2f')} | "
+                     f"{r['nfe']} | {r['seconds']:.1f} |")
     lines.append("")
     lines += [f"[{i + 1}] {reason}" for i, reason in enumerate(reasons)]
     eq = result.get("equal_nfe")

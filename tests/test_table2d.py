@@ -46,11 +46,13 @@ def test_quick_and_paper_configs_are_complete():
 def tiny_run(tmp_path_factory):
     config = table_config.get_config("quick")
     config.schedule.num_levels = 20
-    config.models = ("oracle", "eps")
+    config.models = ("oracle", "eps", "energy")
     config.composition_names = ("product", "mixture")
+    config.compositions.mixture.models = ("oracle", "eps")  # eps: n/a without training
     config.sampler_names = ("reverse", "reverse_equal", "mala", "hmc")
     config.num_samples = 300
     config.grid.size = 150
+    config.grid.model_size = 60
     config.figure.grid_size = 40
     config.train.model.hidden = 16
     config.train.model.num_blocks = 1
@@ -65,7 +67,7 @@ def test_files_and_rows(tiny_run):
     config, workdir, result = tiny_run
     with open(os.path.join(workdir, "table2d.json")) as f:
         assert json.load(f)["rows"] == result["rows"]
-    assert len(result["rows"]) == 2 * 2 * 4  # compositions x models x samplers
+    assert len(result["rows"]) == (3 + 2) * 4  # (product + mixture) models x samplers
     assert "jax" in result["machine"] and result["wall_seconds"] > 0
     for name in config.composition_names:
         assert os.path.getsize(os.path.join(workdir, "figures", f"{name}.png")) > 0
@@ -85,6 +87,7 @@ def test_impossible_cells_carry_the_library_reason(tiny_run):
     _, _, result = tiny_run
     na = {(r["composition"], r["sampler"]): r["reason"] for r in result["rows"]
           if r["status"] == "n/a"}
+    assert all(r["model"] == "eps" for r in result["rows"] if r["status"] == "n/a")
     assert set(na) == {("product", "mala"), ("product", "hmc")} | {
         ("mixture", s) for s in ("reverse", "reverse_equal", "mala", "hmc")}
     assert "score-only" in na["product", "mala"] and "mala" in na["product", "mala"]
@@ -103,3 +106,13 @@ def test_equal_cost_and_mcmc_beats_reverse_on_oracle_product(tiny_run):
     assert product["mala"]["mmd"] < 0.5 * product["reverse"]["mmd"]
     assert product["hmc"]["ll"] > product["reverse"]["ll"] + 1.0
     assert 0.5 < product["mala"]["accept"] <= 1.0
+
+
+def test_energy_rows_are_also_scored_against_their_own_composition(tiny_run):
+    _, _, result = tiny_run
+    energy = [r for r in result["rows"] if r["model"] == "energy"]
+    assert {r["sampler"] for r in energy} == {"reverse", "reverse_equal", "mala", "hmc"}
+    for r in energy:
+        assert r["status"] == "ok" and np.isfinite(r["ll_model_exact"])
+        assert r["mmd_model"] is not None
+    assert all("mmd_model" not in r for r in result["rows"] if r["model"] != "energy")
