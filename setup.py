@@ -4,7 +4,7 @@ setup(
     name="compdiff",
     version="0.1.0",
     description="Compositional generation with energy-based diffusion models and annealed MCMC.",
-    packages=find_packages(include=["compdiff", "compdiff.*"]),
+    packages=find_packages(include=["compdiff", "compdiff.*", "configs"]),
     python_requires=">=3.11",
     install_requires=[
         "jax>=0.4.35",

@@ -72,6 +72,10 @@ def from_betas(betas: np.ndarray) -> Schedule:
     alpha = 1.0 - beta
     abar = np.cumprod(alpha)
     sigma = np.sqrt(1.0 - abar)
+    if np.float32(abar[-1]) == 0:
+        level = int(np.argmax(abar.astype(np.float32) == 0))
+        raise ValueError(f"this schedule's abar_t underflows to 0 in float32 at level {level} "
+                         f"of {betas.size}: use more levels or smaller betas")
     btilde = np.zeros_like(beta)
     btilde[1:] = beta[1:] * (1.0 - abar[:-1]) / (1.0 - abar[1:])
     as_f32 = lambda a: jnp.asarray(a, dtype=jnp.float32)

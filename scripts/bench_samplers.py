@@ -125,9 +125,9 @@ def main(argv):
           f"{'/matmul':>8s} {'/mlp-mm':>8s}")
     for name, options in configs.items():
         sampler = samplers.get(name, **options)
-        key = jax.random.PRNGKey(1)
         seconds = _best_seconds(
-            lambda s=sampler: samplers.sample(energy, s, schedule, key, batch)[0], repeats)
+            lambda s=sampler: samplers.sample(energy, s, schedule, jax.random.PRNGKey(1),
+                                              batch)[0], repeats)
         evals = sampler.nfe(levels) * batch  # per-sample gradient evaluations
         flops = sampler.nfe(levels) * flops_per_eval / seconds
         row = {"evals_per_second": evals / seconds, "seconds": seconds,

@@ -1,0 +1,1 @@
+"""ml_collections config files, used as ``--config=configs/<file>.py:<variant>``."""
