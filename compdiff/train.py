@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging as std_logging
 import os
 import time
 from typing import Any
@@ -300,3 +301,14 @@ def load_model(workdir: str, use_ema: bool = True) -> DiffusionModel:
     finally:
         manager.close()
     return build_model(config, state.ema_params if use_ema else state.params)
+
+
+def quiet_orbax_logs() -> None:
+    """Hides orbax's INFO lines from the absl console handler (entrypoints call this).
+
+    Orbax logs every phase of every save at INFO, which buries the progress lines.
+    """
+    def keep(record: std_logging.LogRecord) -> bool:
+        return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+
+    logging.get_absl_handler().addFilter(keep)

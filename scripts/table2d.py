@@ -7,13 +7,11 @@ under the workdir; component models live in ``<workdir>/models/`` and are
 reused by later runs.
 """
 
-import logging
-
 from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from compdiff import table2d
+from compdiff import table2d, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Table config file[:variant].",
                                           lock_config=True)
@@ -21,16 +19,11 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (models are re
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def _quiet_orbax(record: logging.LogRecord) -> bool:
-    # Orbax logs every phase of every save at INFO, which buries the progress lines.
-    return record.levelno >= logging.WARNING or "/orbax/" not in record.pathname
-
-
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     absl_logging.set_verbosity(absl_logging.INFO)
-    absl_logging.get_absl_handler().addFilter(_quiet_orbax)
+    train.quiet_orbax_logs()
     result = table2d.run(_CONFIG.value, _WORKDIR.value)
     print(table2d.markdown(result))
 

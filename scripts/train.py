@@ -4,10 +4,7 @@
         --workdir=runs/ring_energy_l2 [--config.train.steps=200]
 """
 
-import logging
-
 from absl import app, flags
-from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from compdiff import train
@@ -18,15 +15,10 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and m
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def _quiet_orbax(record: logging.LogRecord) -> bool:
-    # Orbax logs every phase of every save at INFO, which buries the progress lines.
-    return record.levelno >= logging.WARNING or "/orbax/" not in record.pathname
-
-
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    absl_logging.get_absl_handler().addFilter(_quiet_orbax)
+    train.quiet_orbax_logs()
     train.train(_CONFIG.value, _WORKDIR.value)
 
 
