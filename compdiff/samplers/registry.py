@@ -79,6 +79,12 @@ class Sampler:
     resampling). Without it, chains that cannot cross between separated modes
     at low noise freeze the mode weights of an intermediate level; the weights
     correct exactly that (see ``tests/test_annealed.py``).
+
+    ``damping`` defaults to RRR's image setting, 0.9. With few kernel steps
+    per level on sharply peaked targets (RRR's 2D setup: 3 HMC steps per
+    level) the persistent momentum cannot shed the energy released as the
+    target sharpens; 0.5 samples the exact 2D product far better there
+    (docs/table2d.md).
     """
 
     name: str
