@@ -226,7 +226,8 @@ def build(comp: ml_collections.ConfigDict, param: str | None, schedule: Schedule
 def make_sampler(spec: ml_collections.ConfigDict) -> samplers.Sampler:
     return samplers.get(spec.kind, steps_per_level=spec.steps_per_level, leapfrog=spec.leapfrog,
                         step=samplers.StepRule(spec.step_a, spec.step_b),
-                        mass=samplers.MassRule(spec.mass_c, spec.mass_p), damping=spec.damping)
+                        mass=samplers.MassRule(spec.mass_c, spec.mass_p), damping=spec.damping,
+                        resample_ess=spec.resample_ess)
 
 
 # --- one cell ---------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ def test_quick_and_paper_configs_are_complete():
         for name in config.composition_names:
             assert name in config.compositions
         assert set(config.sampler_names) == {"reverse", "reverse_equal", "ula", "uhmc", "mala",
-                                             "hmc"}
+                                             "hmc", "mala_smc", "hmc_smc"}
     with pytest.raises(ValueError, match="unknown table2d variant"):
         table_config.get_config("huge")
 
