@@ -15,14 +15,13 @@ of one jitted ``log_prob_and_score`` (no loops, so the count is exact).
 from __future__ import annotations
 
 import json
-import platform
 import time
 
 import jax
 import jax.numpy as jnp
 from absl import app, flags
 
-from compdiff import samplers, schedules, train
+from compdiff import samplers, schedules, table2d, train
 from configs import toy2d
 
 _BATCH = flags.DEFINE_integer("batch", 1000, "chains per run")
@@ -101,8 +100,7 @@ def main(argv):
     mlp_roof = _matmul_flops_per_second(batch, 128, repeats, chain=200)
 
     results = {
-        "machine": f"{platform.processor() or platform.machine()}, {jax.device_count()} x "
-                   f"{jax.devices()[0].device_kind}, jax {jax.__version__}",
+        "machine": table2d.machine(),
         "batch": batch, "levels": levels, "steps_per_level": steps,
         "energy_over_eps_seconds": energy_seconds / eps_seconds,
         "energy_over_eps_flops": flops_per_eval / eps_flops,
