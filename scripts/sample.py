@@ -81,6 +81,7 @@ def _load(specs: dict[str, str]):
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    train.quiet_orbax_logs()
     specs = _parse_models()
     text = _COMPOSITION.value or (next(iter(specs)) if len(specs) == 1 else None)
     if text is None:
