@@ -264,15 +264,20 @@ def run_cell(density_fn, sampler: samplers.Sampler, spec: ml_collections.ConfigD
 
 # --- the table --------------------------------------------------------------------------------
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return (f"{cpu}; {os.cpu_count()} CPUs visible; {platform.platform()}; "
+    """The machine a result was measured on, for the JSON and the README."""
+    return (f"{_cpu_name()}; {os.cpu_count()} CPUs visible; {platform.platform()}; "
             f"python {platform.python_version()}; jax {jax.__version__}; "
             f"devices {[str(d) for d in jax.devices()]}")
+
+
+def _cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo where there is one, else what ``platform`` knows."""
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 def _equal_nfe(config: ml_collections.ConfigDict, base: Schedule) -> tuple[int, int, int] | None:
