@@ -5,9 +5,31 @@ The loss is the same for every parameterization (DESIGN 1):
     L(theta) = E_{x_0, t ~ U{1..T}, eps ~ N(0, I)} ||eps - eps_hat_theta(x_t, t)||^2,
     x_t = sqrt(abar_t) x_0 + sigma_t eps,
 
-with fresh exact samples ``x_0`` from a toy 2D oracle every step. Updates are
-Adam after clipping the global gradient norm, and an EMA of the parameters,
-``ema <- d ema + (1 - d) params``, is the model one normally samples from.
+with ``x_0`` drawn afresh every step: exact samples of a built-in toy oracle
+(``data.dataset``, :mod:`compdiff.data.toy2d`), or minibatches of the user's
+own points (``data.path``, an ``[n, d]`` array in a ``.npz`` file, drawn with
+replacement, :mod:`compdiff.data.points`); ``data.path`` overrides
+``data.dataset`` when set. Updates are Adam after clipping the global
+gradient norm.
+
+The model one normally samples from is the bias-corrected EMA of the
+parameter iterates ``params_1 .. params_n`` (the ``n`` updates so far),
+corrected as Adam corrects its moments:
+
+    ema_n = sum_{k=1..n} (1 - d) d^(n-k) params_k / (1 - d^n),
+
+a convex combination with no weight on the random initialization (the
+plain ``ema <- d ema + (1 - d) params`` started at the init keeps weight
+``d^n`` on it: 5% after 3000 steps at ``d = 0.999``). The state holds the
+corrected ``ema_n`` itself, updated as
+
+    ema_n = w_n ema_(n-1) + (1 - w_n) params_n,    w_n = d (1 - d^(n-1)) / (1 - d^n),
+
+which is the biased recurrence ``m_n = d m_(n-1) + (1 - d) params_n``,
+``m_0 = 0``, divided by ``1 - d^n``. ``w_1 = 0``, so ``ema_1 = params_1``
+whatever ``ema_0`` holds; the update needs only the step count, so the
+checkpoint layout is unchanged (a run started before this correction resumes,
+and keeps the old init weight, shrinking as ``d^n``).
 
 The randomness of step ``n`` is ``fold_in(data_key, n)``, so a run that is
 killed and resumed from a checkpoint ends bit-identical to one that was not
@@ -15,7 +37,11 @@ killed and resumed from a checkpoint ends bit-identical to one that was not
 
 Work directory::
 
-    config.json      the config of the latest (re)start
+    config.json      the config of the latest (re)start, resolved so that it rebuilds the
+                     model without the data (:func:`load_model`, :func:`build_model`):
+                     ``model.dim`` holds the data's dimension, next to the network
+                     (``model.*``), parameterization and schedule; ``data.path`` is
+                     absolute, and ``data.dataset`` is "" when a path was given
     metrics.jsonl    one JSON line per log: step, loss, steps_per_sec, elapsed_s
     checkpoints/N/   orbax checkpoints of the TrainState after N steps (the last few)
 """
@@ -25,6 +51,7 @@ from __future__ import annotations
 import functools
 import json
 import logging as std_logging
+import math
 import os
 import time
 from typing import Any
@@ -40,7 +67,8 @@ from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from compdiff import schedules
-from compdiff.data import toy2d
+from compdiff.compose import Density
+from compdiff.data import points, toy2d
 from compdiff.models.diffusion import ApplyFn, DiffusionModel, LinenApply, predict
 from compdiff.models.mlp import ResidualMLP
 
@@ -62,19 +90,77 @@ def make_schedule(config: ml_collections.ConfigDict) -> schedules.Schedule:
     return schedules.get(config.schedule.name, config.schedule.num_levels)
 
 
-def make_network(config: ml_collections.ConfigDict, dim: int) -> ResidualMLP:
+def make_data(config: ml_collections.ConfigDict,
+              schedule: schedules.Schedule) -> Density | points.Points:
+    """The training data: the points in ``data.path`` if set, else the oracle ``data.dataset``.
+
+    Either way a pytree with ``.dim`` and ``.sample(key, num) -> [num, dim]``.
+    """
+    path = config.data.get("path", "")
+    return points.load(path) if path else toy2d.get(config.data.dataset, schedule)
+
+
+def data_name(config: ml_collections.ConfigDict) -> str:
+    """The data's label: the points file's stem, or the built-in dataset's name."""
+    path = config.data.get("path", "")
+    return os.path.splitext(os.path.basename(path))[0] if path else config.data.dataset
+
+
+def model_dim(config: ml_collections.ConfigDict) -> int:
+    """The model's dimension: ``model.dim``, stored by :func:`train` in the saved config.
+
+    A config without it (one saved before ``model.dim`` was stored, or a
+    built-in config before training) falls back to its built-in dataset.
+    """
+    dim = config.model.get("dim")
+    if dim:
+        return int(dim)
+    path, dataset = config.data.get("path", ""), config.data.get("dataset", "")
+    if not path and dataset in toy2d.names():
+        return toy2d.get(dataset, make_schedule(config)).dim
+    source = f"points file {path}" if path else f"dataset {dataset!r}, which is not built in"
+    raise ValueError(f"the config has no model.dim, the data dimension, and its data is the "
+                     f"{source}; set model.dim")
+
+
+def make_network(config: ml_collections.ConfigDict, dim: int | None = None) -> ResidualMLP:
+    """The network of ``config`` over ``R^dim`` (default: :func:`model_dim`)."""
     m = config.model
-    return ResidualMLP(dim=dim, hidden=m.hidden, num_blocks=m.num_blocks,
-                       time_embedding=m.time_embedding, num_levels=config.schedule.num_levels)
+    return ResidualMLP(dim=model_dim(config) if dim is None else dim, hidden=m.hidden,
+                       num_blocks=m.num_blocks, time_embedding=m.time_embedding,
+                       num_levels=config.schedule.num_levels)
 
 
 def build_model(config: ml_collections.ConfigDict, params: Any) -> DiffusionModel:
-    """The :class:`DiffusionModel` of ``config`` with network parameters ``params``."""
-    schedule = make_schedule(config)
-    dim = toy2d.get(config.data.dataset, schedule).dim
+    """The :class:`DiffusionModel` of ``config`` with network parameters ``params``.
+
+    Needs no data: the dimension is ``model.dim`` (see :func:`model_dim`).
+    """
+    dim = model_dim(config)
     return DiffusionModel(apply_fn=LinenApply(make_network(config, dim)), params=params,
-                          schedule=schedule, parameterization=config.model.parameterization,
-                          dim=dim, name=f"{config.data.dataset}/{config.model.parameterization}")
+                          schedule=make_schedule(config),
+                          parameterization=config.model.parameterization, dim=dim,
+                          name=f"{data_name(config)}/{config.model.parameterization}")
+
+
+def resolve_config(config: ml_collections.ConfigDict,
+                   data: Density | points.Points) -> ml_collections.ConfigDict:
+    """``config`` as :func:`train` saves it: ``model.dim`` from ``data``, ``data.path`` absolute.
+
+    A path replaces the dataset, so ``data.dataset`` becomes "" (the saved
+    config names only the data it was trained on).
+    """
+    resolved = ml_collections.ConfigDict(config.to_dict())  # an unlocked copy
+    stated = resolved.model.get("dim")
+    if stated and stated != data.dim:
+        raise ValueError(f"config model.dim is {stated} but the data ({data_name(config)}) "
+                         f"has dimension {data.dim}")
+    resolved.model.dim = data.dim
+    path = config.data.get("path", "")
+    resolved.data.path = os.path.abspath(os.path.expanduser(path)) if path else ""
+    if path:
+        resolved.data.dataset = ""
+    return resolved
 
 
 def _optimizer(lr: float, grad_clip: float) -> optax.GradientTransformation:
@@ -96,6 +182,15 @@ def _init_state(key: Array, *, network: ResidualMLP, lr: float, grad_clip: float
                       opt_state=_optimizer(lr, grad_clip).init(params))
 
 
+def _ema_weight(step: Array, decay: float) -> Array:
+    """``w_n = d (1 - d^(n-1)) / (1 - d^n)`` of the bias-corrected EMA at update ``n = step``."""
+    if decay == 0.0:
+        return jnp.zeros((), jnp.float32)
+    n, log_d = step.astype(jnp.float32), math.log(decay)
+    # 1 - d^k as -expm1(k log d): no cancellation for d near 1; expm1(0) = 0 makes w_1 exact.
+    return decay * jnp.expm1((n - 1.0) * log_d) / jnp.expm1(n * log_d)
+
+
 # --- the step ------------------------------------------------------------------------------
 def loss_fn(params: Any, apply_fn: ApplyFn, parameterization: str, schedule: schedules.Schedule,
             x0: Array, key: Array) -> Array:
@@ -110,19 +205,20 @@ def loss_fn(params: Any, apply_fn: ApplyFn, parameterization: str, schedule: sch
 
 @functools.partial(jax.jit, static_argnames=(
     "network", "parameterization", "batch_size", "lr", "grad_clip", "ema_decay", "sharding"))
-def _train_step(state: TrainState, data_key: Array, oracle, schedule: schedules.Schedule, *,
+def _train_step(state: TrainState, data_key: Array, data, schedule: schedules.Schedule, *,
                 network: ResidualMLP, parameterization: str, batch_size: int, lr: float,
                 grad_clip: float, ema_decay: float,
                 sharding: NamedSharding) -> tuple[TrainState, Array]:
+    """One update; ``data`` (an oracle or :class:`points.Points`) is a traced argument."""
     k_data, k_loss = jax.random.split(jax.random.fold_in(data_key, state.step))
     # Shard the batch across devices; params stay replicated, so XLA all-reduces the grads.
-    x0 = jax.lax.with_sharding_constraint(oracle.sample(k_data, batch_size), sharding)
+    x0 = jax.lax.with_sharding_constraint(data.sample(k_data, batch_size), sharding)
     loss, grads = jax.value_and_grad(loss_fn)(state.params, LinenApply(network),
                                               parameterization, schedule, x0, k_loss)
     updates, opt_state = _optimizer(lr, grad_clip).update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p,
-                       state.ema_params, params)
+    w = _ema_weight(state.step + 1, ema_decay)
+    ema = jax.tree.map(lambda e, p: w * e + (1.0 - w) * p, state.ema_params, params)
     return TrainState(step=state.step + 1, params=params, ema_params=ema,
                       opt_state=opt_state), loss
 
@@ -144,8 +240,20 @@ def _read_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 def _check_resumable(workdir: str, config: ml_collections.ConfigDict) -> None:
-    """A restart may change ``train.*`` (e.g. more steps), never what the weights mean."""
-    saved = _read_config(workdir).to_dict()
+    """A restart may change ``train.*`` (e.g. more steps), never what the weights mean.
+
+    ``config`` is resolved (:func:`resolve_config`); so the data section
+    compares the absolute points path. A config saved before ``data.path``
+    and ``model.dim`` existed compares with their values for its built-in dataset.
+    """
+    old = _read_config(workdir)
+    saved = old.to_dict()
+    saved.setdefault("data", {}).setdefault("path", "")
+    if "dim" not in saved.setdefault("model", {}):
+        try:
+            saved["model"]["dim"] = model_dim(old)
+        except (ValueError, AttributeError):
+            pass  # left out: reported as different model settings below
     new = json.loads(config.to_json())
     changed = [s for s in _MODEL_SECTIONS if saved.get(s) != new.get(s)]
     if changed:
@@ -222,12 +330,17 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     num_devices = jax.device_count()
     if tc.batch_size % num_devices:
         raise ValueError(f"batch_size {tc.batch_size} must divide over {num_devices} devices")
+    if not 0.0 <= tc.ema_decay < 1.0:
+        raise ValueError(f"train.ema_decay must be in [0, 1), got {tc.ema_decay}")
     schedule = make_schedule(config)
-    oracle = toy2d.get(config.data.dataset, schedule)
-    network = make_network(config, oracle.dim)
+    data = make_data(config, schedule)
+    config = resolve_config(config, data)
+    network = make_network(config)
 
     os.makedirs(workdir, exist_ok=True)
     replicated = _replicated()
+    if isinstance(data, points.Points):  # on every device once, not copied there every step
+        data = jax.device_put(data, replicated)
     init_key, data_key = jax.random.split(jax.random.key(tc.seed))
     manager = _manager(workdir, keep=tc.keep_checkpoints)
     try:
@@ -250,21 +363,21 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
             _train_step, network=network, parameterization=config.model.parameterization,
             batch_size=tc.batch_size, lr=tc.lr, grad_clip=tc.grad_clip, ema_decay=tc.ema_decay,
             sharding=NamedSharding(replicated.mesh, PartitionSpec("batch")))
-        return _run(state, step_fn, data_key, oracle, schedule, manager, workdir, tc, start)
+        return _run(state, step_fn, data_key, data, schedule, manager, workdir, tc, start)
     finally:
         # Also on Ctrl-C: let an in-flight save finish so the next run resumes from it.
         manager.wait_until_finished()
         manager.close()
 
 
-def _run(state: TrainState, step_fn, data_key: Array, oracle, schedule: schedules.Schedule,
+def _run(state: TrainState, step_fn, data_key: Array, data, schedule: schedules.Schedule,
          manager: ocp.CheckpointManager, workdir: str, tc: ml_collections.ConfigDict,
          start: int) -> TrainState:
     """Steps ``start + 1 .. tc.steps`` with logging and checkpoints."""
     t_start = time.time()
     t_window, timed, losses = t_start, 0, []
     for step in range(start + 1, tc.steps + 1):
-        state, loss = step_fn(state, data_key, oracle, schedule)
+        state, loss = step_fn(state, data_key, data, schedule)
         losses.append(loss)
         timed += 1
         if step == start + 1:  # keep compilation out of the steps/s figures
@@ -283,7 +396,11 @@ def _run(state: TrainState, step_fn, data_key: Array, oracle, schedule: schedule
 
 
 def load_model(workdir: str, use_ema: bool = True) -> DiffusionModel:
-    """The model trained in ``workdir`` at its latest checkpoint (EMA parameters by default)."""
+    """The model trained in ``workdir`` at its latest checkpoint.
+
+    Parameters: the bias-corrected EMA by default, else the last iterate. Needs
+    only ``workdir`` (its config.json and checkpoints), not the training data.
+    """
     workdir = os.path.abspath(workdir)
     if not os.path.isdir(workdir):
         raise FileNotFoundError(f"no training run at {workdir}: directory does not exist")
@@ -295,8 +412,11 @@ def load_model(workdir: str, use_ema: bool = True) -> DiffusionModel:
         step = manager.latest_step()
         if step is None:
             raise FileNotFoundError(f"no checkpoints in {manager.directory}")
-        network = make_network(config, toy2d.get(config.data.dataset,
-                                                 make_schedule(config)).dim)
+        try:
+            network = make_network(config)
+        except ValueError as e:
+            raise ValueError(f"cannot rebuild the model of {workdir} from "
+                             f"{_config_path(workdir)}: {e}") from e
         state = _restore(manager, step, _abstract_state(config, network), _replicated())
     finally:
         manager.close()

@@ -10,6 +10,14 @@ Variants are comma-separated ``key=value`` pairs after the file name, as in big_
 
 Any other field is overridden on the command line, e.g.
 ``--config.train.steps=200 --config.model.time_embedding=learned``.
+
+Your own data: ``--config.data.path=points.npz`` trains on the points in a
+``.npz`` file, an ``[n, d]`` float array under key ``x`` (or the file's only
+array); any ``d`` works, see :mod:`compdiff.data.points`. A non-empty
+``data.path`` overrides ``data.dataset``, and the model is named after the
+file's stem. Training stores the data dimension as ``model.dim`` in the
+work directory's ``config.json`` (there is no such field here: it comes from
+the data).
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     config.data = ml_collections.ConfigDict()
     config.data.dataset = variant["dataset"]
+    config.data.path = ""  # a points .npz file; when set it overrides data.dataset
 
     config.model = ml_collections.ConfigDict()
     config.model.parameterization = variant["param"]

@@ -59,16 +59,34 @@ def _parse_models() -> dict[str, str]:
 
 
 def _dataset(source: str) -> str:
-    """The dataset a leaf models: named by ``oracle:`` or read from the run's config."""
+    """The built-in dataset a leaf models: named by ``oracle:`` or read from the run's config.
+
+    A run trained on a points file (``data.path``) has no oracle: ValueError.
+    """
     if source.startswith("oracle:"):
         return source.removeprefix("oracle:")
-    with open(os.path.join(source, "config.json")) as f:
-        return json.load(f)["data"]["dataset"]
+    path = os.path.join(source, "config.json")
+    try:
+        with open(path) as f:
+            data = json.load(f)["data"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"cannot read the dataset of {source} from {path}: {e}") from e
+    if data.get("path"):
+        raise ValueError(f"--exact needs an exact oracle for every model, but {source} was "
+                         f"trained on the points in {data['path']}, which have none")
+    return data["dataset"]
 
 
 def _load(specs: dict[str, str]):
-    """``(leaves by name, schedule)``; trained leaves must share one schedule."""
+    """``(leaves by name, schedule)``; trained leaves must share one schedule.
+
+    Trained leaves need only their work directories (any data, any dimension);
+    with ``--exact`` every leaf must also have a built-in oracle, checked before sampling.
+    """
     trained = {n: train.load_model(s) for n, s in specs.items() if not s.startswith("oracle:")}
+    if _EXACT.value:
+        for source in specs.values():
+            _dataset(source)
     levels = {m.schedule.num_levels for m in trained.values()}
     if len(levels) > 1:
         raise ValueError(f"the models were trained with different numbers of levels: {levels}")

@@ -19,7 +19,10 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     train.quiet_orbax_logs()
-    train.train(_CONFIG.value, _WORKDIR.value)
+    try:
+        train.train(_CONFIG.value, _WORKDIR.value)
+    except (ValueError, FileNotFoundError) as e:  # a bad config or data file: one line, no trace
+        raise app.UsageError(str(e)) from e
 
 
 if __name__ == "__main__":

@@ -70,8 +70,33 @@ def test_training_reduces_loss(tmp_path):
                                                jax.random.key(8)))
     initial = train_lib.init_state(config, apply_fn.module, jax.random.key(0)).params
     assert loss(state.params) < 0.5 * loss(initial)
-    assert loss(state.ema_params) < loss(initial)  # EMA (decay 0.999) trails far behind
+    # The bias-corrected EMA (decay 0.999) weighs all 150 iterates about equally: it trails.
+    assert loss(state.ema_params) < loss(initial)
     assert int(state.step) == 150
+
+
+def test_ema_is_bias_corrected(tmp_path):
+    """The EMA is the debiased average of the iterates after each update, none on the init.
+
+    ``ema_n = sum_k (1 - d) d^(n-k) params_k / (1 - d^n)``; the plain EMA started
+    at the random init would keep weight ``d^n`` on it.
+    """
+    config = small_config(steps=1)
+    state = train_lib.train(config, str(tmp_path / "one"))  # d = 0.999
+    chex.assert_trees_all_equal(state.ema_params, state.params)  # ema_1 = params_1 exactly
+
+    # d = 0.5, three updates (one per run, resumed: bit-identical to one run) to get the iterates.
+    workdir, iterates = str(tmp_path / "three"), []
+    for steps in (1, 2, 3):
+        config = small_config(steps=steps)
+        config.train.ema_decay = 0.5
+        state = train_lib.train(config, workdir)
+        iterates.append(state.params)
+    expected = jax.tree.map(lambda p1, p2, p3: (p1 / 8 + p2 / 4 + p3 / 2) / (1 - 0.5**3),
+                            *iterates)
+    chex.assert_trees_all_close(state.ema_params, expected, rtol=1e-6, atol=1e-7)
+    chex.assert_trees_all_close(train_lib.load_model(workdir).params, expected,
+                                rtol=1e-6, atol=1e-7)
 
 
 def test_interrupted_run_resumes_to_identical_state(finished, tmp_path, monkeypatch, caplog):
