@@ -10,7 +10,11 @@ Compositions are trees of densities:
   (``p0 / p1 ** 0.5`` is ``log p0 - 0.5 log p1``) and tempering a single
   weight (``p ** 2``).
 - mixture: ``log pi = logsumexp_i(log w_i + log p_i)`` with score
-  ``sum_i r_i score_i``, ``r = softmax(log w + log p)``. This needs every
+  ``sum_i r_i score_i``, ``r = softmax(log w + log p)``. Mixtures flatten
+  like products: :func:`mixture` of a mixture is the one exact flat mixture
+  (nested weights multiply), and ``+`` is the n-ary equal-weight mixture, so
+  ``a + b + c`` weighs each term 1/3 whatever the parenthesization (a mixture
+  of ``K`` components counts as ``K`` terms of ``+``). This needs every
   component's log-density, so a mixture over a score-only model fails when it
   is built. The components' unknown normalizers are taken to be equal (as in
   RRR); with trained energy models the mixture weights are therefore only
@@ -86,7 +90,16 @@ class Density:
         return product([self], [weight])
 
     def __add__(self, other: Density) -> Mixture:
-        return mixture([self, other])
+        terms, weights = [], []
+        for operand in (self, other):
+            if isinstance(operand, Mixture):
+                k = len(operand.children)
+                terms += list(operand.children)
+                weights += [k * float(w) for w in jnp.exp(operand.log_weights)]
+            else:
+                terms.append(operand)
+                weights.append(1.0)
+        return mixture(terms, weights)
 
 
 def _check_dims(children: Sequence[Density]) -> int:
@@ -179,14 +192,28 @@ def product(children: Sequence[Density], weights: Sequence[float] | None = None)
 
 
 def mixture(children: Sequence[Density], weights: Sequence[float] | None = None) -> Mixture:
-    """Mixture ``sum_i w_i p_i`` (weights normalized); every child needs a log-density."""
+    """Mixture ``sum_i w_i p_i`` (weights normalized); every child needs a log-density.
+
+    A child that is itself a :class:`Mixture` is flattened into its components,
+    each weighted by ``w_i`` times its weight inside the child.
+    """
     children = list(children)
     if not children:
         raise ValueError("a mixture needs at least one density")
     weights = [1.0] * len(children) if weights is None else list(weights)
-    if len(weights) != len(children) or any(w <= 0 for w in weights):
+    if len(weights) != len(children) or any(not w > 0 for w in weights):
         raise ValueError(f"mixture weights must be {len(children)} positive numbers, got {weights}")
     dim = _check_dims(children)
+    total = float(sum(weights))
+    flat_children, flat_weights = [], []
+    for child, weight in zip(children, weights):
+        if isinstance(child, Mixture):
+            flat_children += list(child.children)
+            flat_weights += [weight / total * float(w) for w in jnp.exp(child.log_weights)]
+        else:
+            flat_children.append(child)
+            flat_weights.append(weight / total)
+    children, weights = flat_children, flat_weights
     score_only = [n for c in children for n in c.score_only_leaves()]
     if score_only:
         raise ValueError(

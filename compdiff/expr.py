@@ -2,7 +2,8 @@
 
 ::
 
-    expr   := term ("+" term)*              mixture, equal weights
+    expr   := term ("+" term)*              mixture, equal weights (flattened: a+(b+c)
+                                            weighs each 1/3, as the + operator does)
     term   := factor (("*" | "/") factor)*  product; "/" negates the factor's weight
     factor := atom ("^" number)?            weight (tempering)
     atom   := NAME | "(" expr ")"
@@ -15,6 +16,8 @@ else is a :class:`ValueError` that points at the offending position.
 
 from __future__ import annotations
 
+import functools
+import operator
 import re
 from collections.abc import Mapping
 
@@ -70,7 +73,7 @@ class _Parser:
         terms = [self._term()]
         while self._take("op", "+"):
             terms.append(self._term())
-        return terms[0] if len(terms) == 1 else compose.mixture(terms)
+        return functools.reduce(operator.add, terms)
 
     def _term(self) -> Density:
         factors, weights = [], []

@@ -24,18 +24,31 @@ All three compare samples ``x`` [n, 2] from a sampler with an exact target
   variance vectors (the covariance diagonals): ``var = mean_k
   || diag S^x_{pi(k)} - diag S^y_k ||_2``.
 
+- ``mode_tv``: total variation between the mode weights of the samples and
+  of the target, where the target has several modes. ``ll`` cannot see mode
+  weights (all samples in one mode score like exact samples) and rewards
+  samples that are too concentrated; ``mode_tv`` sees exactly that. Modes
+  are the connected components of the target's superlevel set
+  ``{pi > MODE_LEVEL * max pi}`` on its grid; every cell belongs to the mode
+  nearest to it, so the modes partition the plane, and a sample's mode is
+  that of its cell (samples outside the grid or not finite fall in an
+  extra "nowhere" mode of target weight 0).
+
 Any non-finite sample makes ``mmd`` and ``var`` ``+inf`` as well.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 from sklearn.mixture import GaussianMixture
 
 from compdiff.exact import GridTarget
 
 BANDWIDTHS: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.5)
+#: Superlevel fraction of the peak density whose connected components are modes.
+MODE_LEVEL = 0.05
 
 
 def _as_points(x) -> np.ndarray:
@@ -111,10 +124,35 @@ def gmm_variance(x, y, components: int, seed: int = 0) -> float:
     return float(np.mean(np.linalg.norm(var_x - var_y, axis=-1)))
 
 
+def mode_partition(target: GridTarget) -> tuple[np.ndarray, np.ndarray]:
+    """``(labels [n, n] in 0..K-1, weights [K])``: every grid cell's mode and each mode's mass."""
+    mass = np.exp(np.asarray(target.log_mass, np.float64))
+    peaks, count = ndimage.label(mass > MODE_LEVEL * mass.max(), structure=np.ones((3, 3)))
+    # Each cell takes the label of the nearest cell inside a mode.
+    _, (i, j) = ndimage.distance_transform_edt(peaks == 0, return_indices=True)
+    labels = peaks[i, j] - 1
+    return labels, np.bincount(labels.ravel(), weights=mass.ravel(), minlength=count)
+
+
+def mode_tv(x, target: GridTarget) -> float | None:
+    """Total variation between the samples' and the target's mode weights (None: one mode)."""
+    labels, weights = mode_partition(target)
+    if len(weights) < 2:
+        return None
+    x = np.asarray(x, np.float64)
+    n = labels.shape[0]
+    cell = np.floor((x - np.asarray(target.lows)) / np.asarray(target.cell))
+    inside = np.all(np.isfinite(cell) & (cell >= 0) & (cell < n), axis=-1)
+    ij = np.where(inside[:, None], cell, 0).astype(int)
+    modes = np.where(inside, labels[ij[:, 0], ij[:, 1]], len(weights))
+    freq = np.bincount(modes, minlength=len(weights) + 1) / len(x)
+    return float(0.5 * np.abs(freq - np.append(weights / weights.sum(), 0.0)).sum())
+
+
 def evaluate(x, target: GridTarget, reference, components: int, seed: int = 0) -> dict:
-    """``{"ll", "mmd", "var", "nonfinite"}`` of samples ``x`` against ``target``
-    and exact ``reference`` samples drawn from it."""
+    """``{"ll", "mode_tv", "mmd", "var", "nonfinite"}`` of samples ``x`` against
+    ``target`` and exact ``reference`` samples drawn from it."""
     x = np.asarray(x)
-    return {"ll": ll(x, target), "mmd": mmd(x, reference),
+    return {"ll": ll(x, target), "mode_tv": mode_tv(x, target), "mmd": mmd(x, reference),
             "var": gmm_variance(x, reference, components, seed),
             "nonfinite": int(np.sum(~np.all(np.isfinite(x), axis=-1)))}

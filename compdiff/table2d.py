@@ -45,14 +45,15 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from compdiff import compose, exact, metrics, plots, samplers, schedules, train
+from compdiff import compose, diagnostics, exact, metrics, plots, samplers, schedules, train
 from compdiff.compose import Density
 from compdiff.data import toy2d
 from compdiff.models import is_energy
 from compdiff.schedules import Schedule
 
 Array = jnp.ndarray
-METRIC_KEYS = ("ll", "ll_exact", "mmd", "var", "accept", "nfe", "seconds")
+METRIC_KEYS = ("ll", "ll_exact", "mode_tv", "mmd", "var", "accept", "accept_level1", "diverged",
+               "nfe", "seconds")
 
 
 # --- levels: running reverse diffusion on a longer schedule -----------------------------------
@@ -238,28 +239,35 @@ def _finite_or_none(value: Any) -> Any:
 
 
 def run_cell(density_fn, sampler: samplers.Sampler, spec: ml_collections.ConfigDict,
-             schedule: Schedule, key: Array, num: int
+             schedule: Schedule, key: Array, num: int, extent: float
              ) -> tuple[dict, np.ndarray | None, Density | None]:
     """Samples one cell. ``density_fn()`` builds the composition (it may refuse).
 
-    Returns ``(row fields, samples, composition)``; an impossible cell gives
-    ``status: n/a`` with the library's error message and no samples.
+    Returns ``(row fields, samples, composition)``; an impossible cell (the
+    library refuses the composition, or it is improper beyond the evaluation
+    window ``[-extent, extent]^2``) gives ``status: n/a`` with the library's
+    message and no samples.
     """
     t0 = time.time()
     try:
         density = density_fn()
+        improper = diagnostics.improper_reason(density, 1, extent=extent)
+        if improper:
+            raise ValueError(improper)
         if spec.target_accept > 0:
             sampler = samplers.tune_step(density, sampler, schedule, jax.random.fold_in(key, 1),
                                          spec.target_accept)
         tuned = time.time() - t0
         t0 = time.time()
-        x, stats = samplers.sample(density, sampler, schedule, key, num)
+        x, stats = samplers.sample(density, sampler, schedule, key, num, denoise=False)
         x = np.asarray(jax.block_until_ready(x))
     except ValueError as e:
         return {"status": "n/a", "reason": str(e)}, None, None
-    accept = float(np.nanmean(np.asarray(stats.accept))) if sampler.spec.needs_log_prob else None
-    return {"status": "ok", "accept": accept, "nfe": stats.nfe, "seconds": time.time() - t0,
-            "tune_seconds": tuned, "step": sampler.step.a}, x, density
+    health = stats.summary()
+    return {"status": "ok", "accept": health["accept_mean"],
+            "accept_level1": health["accept_level1"], "diverged": stats.diverged,
+            "nfe": stats.nfe, "seconds": time.time() - t0, "tune_seconds": tuned,
+            "step": sampler.step.a}, x, density
 
 
 # --- the table --------------------------------------------------------------------------------
@@ -354,7 +362,7 @@ def _run_composition(ctx: _Context, ci: int, name: str) -> list[dict]:
             density_fn, schedule = ctx.cell_density(comp, param, spec)
             fields, x, density = run_cell(density_fn, make_sampler(spec), spec, schedule,
                                           jax.random.fold_in(comp_key, 1 + si),
-                                          config.num_samples)
+                                          config.num_samples, config.grid.extent)
             row = {"composition": name, "model": kind, "parameterization": param or "oracle",
                    "sampler": sname, "table": bool(comp.table), **fields}
             if x is None:
@@ -370,9 +378,11 @@ def _run_composition(ctx: _Context, ci: int, name: str) -> list[dict]:
                         model_targets[cache] = _model_target(density, config, comp_key)
                     row.update(_model_metrics(x, *model_targets[cache]))
                 panels.append((sname, x))
-                logging.info("%s | %s | %s: ll %.3f (exact %.3f) mmd %.2e var %.2e accept %s "
-                             "nfe %d %.1fs", name, kind, sname, row["ll"], ll_exact, row["mmd"],
-                             row["var"], _fmt(row["accept"], ".2f"), row["nfe"], row["seconds"])
+                logging.info("%s | %s | %s: ll %.3f (exact %.3f) mode TV %s mmd %.2e var %.2e "
+                             "accept %s (level 1: %s) nfe %d %.1fs", name, kind, sname, row["ll"],
+                             ll_exact, _fmt(row["mode_tv"], ".3f"), row["mmd"], row["var"],
+                             _fmt(row["accept"], ".2f"), _fmt(row["accept_level1"], ".2f"),
+                             row["nfe"], row["seconds"])
             rows.append({k: _finite_or_none(v) for k, v in row.items()})
         figure_rows.append((kind if param is None else f"{kind} ({param})", panels))
     plots.figure(os.path.join(ctx.workdir, "figures", f"{name}.png"), figure_rows,
@@ -430,15 +440,16 @@ def _fmt(value: Any, spec: str = ".3f") -> str:
 
 def markdown(result: dict) -> str:
     """The table as Markdown; n/a cells point to numbered footnotes with their reasons."""
-    lines = ["| composition | model | sampler | LL | LL exact | MMD^2 | Var | LL model (exact) "
-             "| MMD^2 model | accept | NFE | s |", "|---" * 12 + "|"]
+    lines = ["| composition | model | sampler | LL | LL exact | mode TV | MMD^2 | Var "
+             "| LL model (exact) | MMD^2 model | accept (level 1) | diverged | NFE | s |",
+             "|---" * 14 + "|"]
     reasons: list[str] = []
     for r in (r for r in result["rows"] if r.get("table", True)):
         head = f"| {r['composition']} | {r['parameterization']} | {r['sampler']} |"
         if r["status"] != "ok":
             if r["reason"] not in reasons:
                 reasons.append(r["reason"])
-            lines.append(f"{head} n/a [{reasons.index(r['reason']) + 1}] | | | | | | | | |")
+            lines.append(f"{head} n/a [{reasons.index(r['reason']) + 1}] | | | | | | | | | | |")
             continue
         # A non-finite metric was stored as null; "fail" says so in the table.
         ll, mmd, var = (("fail" if r.get(k) is None else _fmt(r[k], s))
@@ -446,9 +457,12 @@ def markdown(result: dict) -> str:
         model = "-"
         if "ll_model" in r:
             model = f"{_fmt(r['ll_model'])} ({_fmt(r['ll_model_exact'])})"
-        lines.append(f"{head} {ll} | {_fmt(r['ll_exact'])} | {mmd} | {var} | {model} | "
-                     f"{_fmt(r.get('mmd_model'), '.2e')} | {_fmt(r['accept'], '.2f')} | "
-                     f"{r['nfe']} | {r['seconds']:.1f} |")
+        accept = "-"
+        if r["accept"] is not None:
+            accept = f"{_fmt(r['accept'], '.2f')} ({_fmt(r.get('accept_level1'), '.2f')})"
+        lines.append(f"{head} {ll} | {_fmt(r['ll_exact'])} | {_fmt(r.get('mode_tv'))} | {mmd} | "
+                     f"{var} | {model} | {_fmt(r.get('mmd_model'), '.2e')} | {accept} | "
+                     f"{r.get('diverged', '-')} | {r['nfe']} | {r['seconds']:.1f} |")
     lines.append("")
     lines += [f"[{i + 1}] {reason}" for i, reason in enumerate(reasons)]
     eq = result.get("equal_nfe")

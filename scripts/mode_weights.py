@@ -52,7 +52,8 @@ def main(argv):
     lines = ["| sampler | NFE | TV of mode weights | min KS p | seconds |", "|---|---|---|---|---|"]
     for label, sampler in SAMPLERS.items():
         start = time.perf_counter()
-        x, _ = samplers.sample(ring * bar, sampler, schedule, jax.random.PRNGKey(0), _NUM.value)
+        x, _ = samplers.sample(ring * bar, sampler, schedule, jax.random.PRNGKey(0), _NUM.value,
+                              denoise=False)
         x = np.asarray(x)
         seconds = time.perf_counter() - start
         nearest = np.argmin(((x[:, None] - np.asarray(exact.means)[None]) ** 2).sum(-1), 1)

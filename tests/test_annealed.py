@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from compdiff import compose, exact, oracles, samplers
-from compdiff.testing import min_ks_pvalue
+from compdiff.testing import min_ks_pvalue, mode_weights_tv
 
 NUM = 4000
 
@@ -26,14 +26,6 @@ def ring_and_bar(schedule):
     return ring, bar
 
 
-def _mode_weights_tv(x, mixture):
-    """Total variation between nearest-mode frequencies of ``x`` and the mixture weights."""
-    x, means = np.asarray(x), np.asarray(mixture.means)
-    nearest = np.argmin(((x[:, None] - means[None]) ** 2).sum(-1), 1)
-    freq = np.bincount(nearest, minlength=len(means)) / len(x)
-    return 0.5 * np.abs(freq - np.exp(np.asarray(mixture.log_weights, np.float64))).sum()
-
-
 PRODUCT_SAMPLERS = {
     "mala": samplers.get("mala", steps_per_level=10, step=samplers.StepRule(1.3, 0.5),
                          resample_ess=0.5),
@@ -46,7 +38,8 @@ def product_runs(ring_and_bar, schedule):
     ring, bar = ring_and_bar
     target = oracles.gmm_product(ring.at_level(1), bar.at_level(1))
     reference = target.sample(jax.random.PRNGKey(7), NUM)
-    runs = {name: samplers.sample(ring * bar, s, schedule, jax.random.PRNGKey(0), NUM)
+    runs = {name: samplers.sample(ring * bar, s, schedule, jax.random.PRNGKey(0), NUM,
+                                  denoise=False)
             for name, s in {**PRODUCT_SAMPLERS, "reverse": samplers.get("reverse")}.items()}
     return target, reference, runs
 
@@ -56,7 +49,7 @@ def test_annealed_metropolis_samples_the_exact_product(name, product_runs):
     target, reference, runs = product_runs
     x, stats = runs[name]
     assert min_ks_pvalue(x, reference) > 1e-3
-    assert _mode_weights_tv(x, target) < 0.04
+    assert mode_weights_tv(x, target) < 0.04
     assert stats.log_weights is not None and stats.accept.shape == (100,)
 
 
@@ -65,13 +58,14 @@ def test_reverse_diffusion_on_the_product_is_measurably_wrong(product_runs):
     target, reference, runs = product_runs
     x, stats = runs["reverse"]
     assert min_ks_pvalue(x, reference) < 1e-5
-    assert _mode_weights_tv(x, target) > 0.06
+    assert mode_weights_tv(x, target) > 0.06
     assert stats.log_weights is None and np.all(np.isnan(stats.accept))
 
 
 def _check_against_grid(target_density, sampler, schedule, seed=0):
     grid = exact.on_grid(target_density, 1, extent=1.6, size=500)
-    x, _ = samplers.sample(target_density, sampler, schedule, jax.random.PRNGKey(seed), NUM)
+    x, _ = samplers.sample(target_density, sampler, schedule, jax.random.PRNGKey(seed), NUM,
+                          denoise=False)
     reference = grid.sample(jax.random.PRNGKey(seed + 1), NUM)
     ll, ll_exact = float(np.mean(grid.log_prob(x))), float(np.mean(grid.log_prob(reference)))
     return min_ks_pvalue(x, reference), ll, ll_exact
@@ -106,3 +100,35 @@ def test_tuning_reaches_the_target_acceptance(ring_and_bar, schedule):
     _, stats = samplers.sample(ring * bar, tuned, schedule, jax.random.PRNGKey(1), 512)
     assert abs(float(np.mean(stats.accept[:10])) - 0.6) < 0.05  # the 10 lowest-noise levels
     assert tuned.step.a > 100 * mala.step.a
+
+
+def test_reverse_diffusion_on_one_oracle_samples_its_exact_level(schedule):
+    """With the exact score, ancestral sampling is exact: level 1 of the ring, mode by mode.
+
+    The radial spread of a ring mode at level 1 is its std (0.03) widened by
+    the noise; a score read at a neighbouring level widens or narrows it.
+    """
+    from compdiff.data import toy2d
+
+    ring = toy2d.get("ring", schedule)
+    x, _ = samplers.sample(ring, samplers.get("reverse"), schedule, jax.random.PRNGKey(0), NUM,
+                           denoise=False)
+    exact = ring.at_level(1)
+    reference = exact.sample(jax.random.PRNGKey(1), NUM)
+    assert min_ks_pvalue(x, reference) > 1e-3
+    assert mode_weights_tv(x, exact) < 0.03
+    radius, radius_ref = (np.linalg.norm(np.asarray(a), axis=-1) for a in (x, reference))
+    se = radius_ref.std() * np.sqrt(2 / NUM)  # standard error of a std estimate
+    assert abs(radius.std() - radius_ref.std()) < 4 * se
+
+
+def test_samples_come_out_denoised_at_level_zero_by_default(schedule):
+    from compdiff.data import toy2d
+
+    ring = toy2d.get("ring", schedule)
+    x, _ = samplers.sample(ring, samplers.get("reverse"), schedule, jax.random.PRNGKey(0), NUM)
+    x1, _ = samplers.sample(ring, samplers.get("reverse"), schedule, jax.random.PRNGKey(0), NUM,
+                            denoise=False)
+    radius, radius1 = (np.linalg.norm(np.asarray(a), axis=-1) for a in (x, x1))
+    # Level 0 is the data: ring modes of std 0.03 at radius 0.5 (level 1 is wider).
+    assert abs(np.median(radius) - 0.5) < 0.01 and radius.std() < radius1.std()

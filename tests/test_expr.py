@@ -41,3 +41,22 @@ def test_parse_errors_are_clear(text, message):
 
 def test_names():
     assert expr.names("ring / left_half_ring^0.5 * ring") == ["ring", "left_half_ring"]
+
+
+@pytest.mark.parametrize("text", ["ring + bar + left_bar", "(ring + bar) + left_bar",
+                                  "ring + (bar + left_bar)"])
+def test_mixtures_flatten_so_operators_and_grammar_agree(text):
+    """``a + b + c`` is the equal-weight mixture however it is written or parenthesized."""
+    ring, bar, left = (LEAVES[n] for n in ("ring", "bar", "left_bar"))
+    flat = compose.mixture([ring, bar, left])
+    for got in (expr.parse(text, LEAVES), ring + bar + left, ring + (bar + left)):
+        assert len(got.children) == 3
+        np.testing.assert_allclose(np.exp(got.log_weights), [1 / 3] * 3, rtol=1e-6)
+        np.testing.assert_allclose(got.log_prob(X, 3), flat.log_prob(X, 3), rtol=1e-6)
+
+
+def test_an_explicit_nested_mixture_keeps_its_weights():
+    ring, bar, left = (LEAVES[n] for n in ("ring", "bar", "left_bar"))
+    nested = compose.mixture([compose.mixture([ring, bar]), left])
+    assert len(nested.children) == 3
+    np.testing.assert_allclose(np.exp(nested.log_weights), [0.25, 0.25, 0.5], rtol=1e-6)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from compdiff import exact, metrics, oracles, schedules
+from compdiff.data import toy2d
 
 SCHEDULE = schedules.get("linear", 100)
 
@@ -70,3 +71,22 @@ def test_evaluate_counts_non_finite_samples(target):
     x[:2] = np.nan
     out = metrics.evaluate(x, target, y, components=2)
     assert out["nonfinite"] == 2 and out["ll"] == -np.inf and out["mmd"] == np.inf
+
+
+def test_mode_tv_sees_mode_weights_that_ll_cannot(schedule):
+    """All samples in one ring mode: LL as good as exact samples, mode TV 7/8."""
+    ring = exact.on_grid(toy2d.get("ring", schedule), 1, extent=1.5, size=300)
+    labels, weights = metrics.mode_partition(ring)
+    np.testing.assert_allclose(weights / weights.sum(), [1 / 8] * 8, atol=1e-3)
+    y = np.asarray(ring.sample(jax.random.PRNGKey(0), 4000))
+    one_mode = y[labels[tuple(((y - ring.lows) / ring.cell).astype(int).T)] == 0]
+    assert metrics.ll(one_mode, ring) > metrics.ll(y, ring) - 0.1
+    assert metrics.mode_tv(y, ring) < 0.04
+    assert abs(metrics.mode_tv(one_mode, ring) - 7 / 8) < 1e-6
+    outside = np.concatenate([y[:100], np.full((100, 2), 9.0), np.full((1, 2), np.nan)])
+    assert metrics.mode_tv(outside, ring) > 0.49  # 101 of 201 samples are nowhere
+
+
+def test_mode_tv_is_none_for_a_single_mode(schedule):
+    blob = exact.on_grid(oracles.gaussian_mixture([[0.0, 0.0]], 0.3, schedule), 1, size=100)
+    assert metrics.mode_tv(np.zeros((10, 2)), blob) is None

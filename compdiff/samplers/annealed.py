@@ -5,14 +5,27 @@ optionally takes one reverse-diffusion step from ``t + 1`` (the ``reverse``
 sampler does only this), refreshes the cached ``log pi_t`` and its gradient
 (one evaluation, whose score the next reverse step reuses), then runs an
 inner scan of ``K`` kernel steps targeting ``pi_t``. Samples come out at
-level 1, the least-noised level a diffusion model defines; ``denoise=True``
-adds the final mean step to level 0.
+level 0 by default: the final mean step from level 1 (``btilde_1 = 0``), as
+reverse diffusion ends; ``denoise=False`` returns the level-1 chains, whose
+target ``pi_1`` the importance weights refer to.
 
 Annealed importance weights (Neal 2001) accumulate for free when the target
 has a log-density: ``log w = log pi_T(x_T) - log N(x_T; 0, I) +
 sum_t [log pi_{t-1}(x) - log pi_t(x)]`` evaluated where the chain stands when
 the level changes. They are unbiased only for ``pi_t``-invariant kernels
 (MALA, HMC) without reverse steps; :func:`sample` returns ``None`` otherwise.
+The evaluation on entering a level follows the kernels' finiteness rule
+(:func:`kernels.evaluate_finite`): a chain whose log-density there is NaN or
+``+inf`` gets zero weight, and a weight that is not finite counts as zero, so
+such a chain is never chosen by resampling. ``logmeanexp(log w)`` estimates
+``log Z_1``, the log-normalizer of the unnormalized level-1 target (the
+reference is normalized).
+
+Health. Per level the driver counts chains that are not finite and chains
+that escaped (a coordinate beyond ``escape``: the prior has unit scale, so a
+finite chain far outside it has diverged), and the effective sample size of
+the weights on entering the level; :func:`sample` logs one warning line when
+any chain diverged.
 
 Chains are independent, so the batch is sharded over every device along one
 mesh axis and no collectives are needed except the acceptance means. The
@@ -31,6 +44,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from compdiff.compose import Density
@@ -44,12 +58,51 @@ CHAINS = "chains"
 
 @flax.struct.dataclass
 class SampleStats:
-    """``accept[t - 1]``: mean acceptance probability at level ``t`` (NaN where no
-    kernel runs); ``log_weights`` [num] or ``None``; ``nfe``: gradient evaluations per chain."""
+    """What a run measured, every per-level array indexed ``[t - 1]`` for level ``t``.
+
+    ``accept``: mean acceptance probability (NaN where no kernel runs).
+    ``nonfinite`` / ``escaped``: chains not finite / beyond the escape bound at
+    the end of the level. ``ess``: effective sample size of the importance
+    weights on entering the level, before any resampling (NaN without weights).
+    ``log_weights`` [num] and ``log_normalizer`` (the estimate of ``log Z_1``)
+    are ``None`` where the weights are undefined. ``nfe``: gradient
+    evaluations per chain.
+    """
 
     accept: Array
+    nonfinite: Array
+    escaped: Array
+    ess: Array
     log_weights: Array | None
+    log_normalizer: Array | None
     nfe: int = flax.struct.field(pytree_node=False, default=0)
+    num: int = flax.struct.field(pytree_node=False, default=0)
+
+    @property
+    def diverged(self) -> int:
+        """Chains not finite or escaped at the end of level 1 (the returned ones)."""
+        return int(self.nonfinite[0]) + int(self.escaped[0])
+
+    def accept_low_noise(self, fraction: float = 0.1) -> float:
+        """Mean acceptance over the ``fraction`` of levels nearest the data."""
+        tail = max(1, round(fraction * self.accept.shape[0]))
+        return float(np.mean(np.asarray(self.accept[:tail])))
+
+    def summary(self) -> dict:
+        """Plain numbers for logs and tables (JSON-friendly; NaN where undefined)."""
+        accept = np.asarray(self.accept, np.float64)
+        return {
+            "accept_mean": float(np.nanmean(accept)) if np.any(np.isfinite(accept)) else None,
+            "accept_level1": float(accept[0]) if np.isfinite(accept[0]) else None,
+            "accept_low_noise": (self.accept_low_noise() if np.isfinite(accept[0]) else None),
+            "nonfinite": int(self.nonfinite[0]), "escaped": int(self.escaped[0]),
+            "max_diverged": int(np.max(np.asarray(self.nonfinite) + np.asarray(self.escaped))),
+            "ess_level1": (None if self.log_weights is None
+                           else float(self.ess[0]) / max(self.num, 1)),
+            "log_normalizer": (None if self.log_normalizer is None
+                               else float(self.log_normalizer)),
+            "nfe": self.nfe,
+        }
 
 
 def _level_tables(sampler: Sampler, schedule: Schedule, step_scale: Array):
@@ -60,9 +113,17 @@ def _level_tables(sampler: Sampler, schedule: Schedule, step_scale: Array):
     return step, mass
 
 
+def finite_log_weights(log_w: Array) -> Array:
+    """Non-finite log-weights (NaN, ``+inf``) become ``-inf``: zero weight."""
+    return jnp.where(jnp.isfinite(log_w), log_w, -jnp.inf)
+
+
 def effective_sample_size(log_w: Array) -> Array:
-    """``(sum w)^2 / sum w^2`` of unnormalized log-weights."""
-    return jnp.exp(2 * jax.nn.logsumexp(log_w) - jax.nn.logsumexp(2 * log_w))
+    """``(sum w)^2 / sum w^2`` of unnormalized log-weights; 0 when every weight is zero."""
+    log_w = finite_log_weights(log_w)
+    lse = jax.nn.logsumexp(log_w)
+    ess = jnp.exp(2 * lse - jax.nn.logsumexp(2 * log_w))
+    return jnp.where(jnp.isfinite(lse), ess, 0.0)
 
 
 def _maybe_resample(state: kernels.ChainState, log_w: Array, key: Array, threshold: float,
@@ -70,21 +131,32 @@ def _maybe_resample(state: kernels.ChainState, log_w: Array, key: Array, thresho
     """Systematic resampling when the ESS drops below ``threshold * num``.
 
     Resampled chains carry the mean weight, so ``logmeanexp(log_w)`` stays an
-    estimate of the log normalizer ratio.
+    estimate of the log normalizer ratio. With every weight zero nothing is
+    resampled (the caller reports it). Returns ``(state, log_w, ess)``.
     """
     num = log_w.shape[0]
-    cdf = jnp.cumsum(jax.nn.softmax(log_w))
+    log_w = finite_log_weights(log_w)
+    ess = effective_sample_size(log_w)
+    alive = ess > 0
+    cdf = jnp.cumsum(jax.nn.softmax(jnp.where(alive, log_w, 0.0)))
     positions = (jax.random.uniform(key) + jnp.arange(num)) / num
     idx = jnp.minimum(jnp.searchsorted(cdf, positions), num - 1)
     resampled = jax.tree_util.tree_map(lambda a: constrain(a[idx]), state)
     log_mean = jax.nn.logsumexp(log_w) - jnp.log(num)
-    do = force | (effective_sample_size(log_w) < threshold * num)
+    do = alive & (force | (ess < threshold * num))
     state = jax.tree_util.tree_map(lambda a, b: jnp.where(do, a, b), resampled, state)
-    return state, jnp.where(do, jnp.full_like(log_w, log_mean), log_w)
+    return state, jnp.where(do, jnp.full_like(log_w, log_mean), log_w), ess
+
+
+def _health(state: kernels.ChainState, escape: float) -> tuple[Array, Array]:
+    """``(non-finite chains, escaped chains)`` of a batch, as int32 counts."""
+    finite = kernels._finite_rows(state.x, state.grad) & ~jnp.isnan(state.log_prob)
+    escaped = finite & (jnp.max(jnp.abs(jnp.where(finite[:, None], state.x, 0.0)), -1) > escape)
+    return jnp.sum(~finite).astype(jnp.int32), jnp.sum(escaped).astype(jnp.int32)
 
 
 def _run(target: Density, schedule: Schedule, key: Array, step_scale: Array, *,
-         sampler: Sampler, num: int, denoise: bool, mesh: Mesh | None):
+         sampler: Sampler, num: int, denoise: bool, escape: float, mesh: Mesh | None):
     constrain = (lambda a: a) if mesh is None else partial(
         jax.lax.with_sharding_constraint, shardings=NamedSharding(mesh, PartitionSpec(CHAINS)))
     num_levels = schedule.num_levels
@@ -107,18 +179,25 @@ def _run(target: Density, schedule: Schedule, key: Array, step_scale: Array, *,
             stepped = kernels.reverse_step(state, jax.random.fold_in(level_key, 1 << 20),
                                            jnp.minimum(t + 1, num_levels), schedule)
             x = jnp.where(t < num_levels, stepped, x)
-        log_prob, grad = kernels.evaluate(target, x, t)
-        log_w = log_w + log_prob - state.log_prob
+        if target.has_log_prob:
+            log_prob, grad, _ = kernels.evaluate_finite(target, x, t)
+        else:  # no density to zero: a score-only chain shows its divergence as it is
+            log_prob, grad = kernels.evaluate(target, x, t)
+        # -inf - (-inf) is NaN: a chain at zero weight stays at zero weight.
+        log_w = finite_log_weights(log_w + log_prob - state.log_prob)
         state = kernels.ChainState(x=x, v=state.v * jnp.sqrt(mass[t] / mass[t + 1]),
                                    log_prob=log_prob, grad=grad)
         if sampler.resample_ess > 0:
             # Always resample entering level 1, so the returned (unweighted)
             # chains carry the weights; its kernel steps then spread duplicates.
             force = t == 1
-            state, log_w = _maybe_resample(state, log_w, jax.random.fold_in(level_key, 1 << 21),
-                                           sampler.resample_ess, force, constrain)
+            state, log_w, ess = _maybe_resample(
+                state, log_w, jax.random.fold_in(level_key, 1 << 21), sampler.resample_ess,
+                force, constrain)
+        else:
+            ess = effective_sample_size(log_w)
         if kernel is None:
-            return (state, log_w), jnp.nan
+            return (state, log_w), (jnp.nan, *_health(state, escape), ess)
         params = kernels.LevelParams(t=t, step_size=step[t], mass=mass[t],
                                      damping=jnp.float32(sampler.damping),
                                      leapfrog=sampler.leapfrog)
@@ -129,17 +208,18 @@ def _run(target: Density, schedule: Schedule, key: Array, step_scale: Array, *,
             return state, jnp.mean(prob)
 
         state, probs = jax.lax.scan(kernel_step, state, jnp.arange(sampler.steps_per_level))
-        return (state, log_w), jnp.mean(probs)
+        return (state, log_w), (jnp.mean(probs), *_health(state, escape), ess)
 
     levels = jnp.arange(num_levels, 0, -1)
-    (state, log_w), accept = jax.lax.scan(level, (state, jnp.zeros(num)), levels)
+    (state, log_w), per_level = jax.lax.scan(level, (state, jnp.zeros(num)), levels)
     x = state.x
     if denoise:
         x = kernels.reverse_step(state, jax.random.fold_in(key, 0), jnp.int32(1), schedule)
-    return x, accept[::-1], log_w
+    accept, nonfinite, escaped, ess = (a[::-1] for a in per_level)
+    return x, accept, nonfinite, escaped, ess, log_w
 
 
-_run_jit = jax.jit(_run, static_argnames=("sampler", "num", "denoise", "mesh"))
+_run_jit = jax.jit(_run, static_argnames=("sampler", "num", "denoise", "escape", "mesh"))
 
 
 def chain_mesh(devices=None) -> Mesh:
@@ -164,9 +244,6 @@ def _validate(target: Density, sampler: Sampler, schedule: Schedule, num: int,
         target.require_log_prob(f"the Metropolis-adjusted sampler {sampler.name!r}")
     if sampler.resample_ess > 0:
         target.require_log_prob("resampling by annealed importance weights")
-        if sampler.reverse_first or sampler.spec.kernel is None:
-            raise ValueError("resampling needs importance weights, which reverse steps do not "
-                             "have; use resample_ess=0 with reverse steps")
     step, mass = (np.asarray(a) for a in _level_tables(sampler, schedule, sampler.step.a))
     if not (np.all(np.isfinite(step[1:])) and np.all(step[1:] > 0)):
         raise ValueError(f"sampler {sampler.name!r}: step sizes must be finite and positive, "
@@ -182,26 +259,64 @@ def _validate(target: Density, sampler: Sampler, schedule: Schedule, num: int,
 
 
 def sample(target: Density, sampler: Sampler, schedule: Schedule, key: Array, num: int, *,
-           denoise: bool = False, mesh: Mesh | None | str = "auto") -> tuple[Array, SampleStats]:
-    """Draws ``num`` samples ``[num, dim]`` from ``target`` at level 1 (level 0 if ``denoise``).
+           denoise: bool = True, escape: float = 100.0, mesh: Mesh | None | str = "auto"
+           ) -> tuple[Array, SampleStats]:
+    """Draws ``num`` samples ``[num, dim]`` from ``target``: at level 0, or at level 1
+    (the level the importance weights refer to) with ``denoise=False``.
 
-    ``mesh="auto"`` shards the chains over all devices when there are several;
-    pass ``None`` to keep them on one device or a :func:`chain_mesh` of your own.
+    ``escape`` is the bound on ``|x|_inf`` past which a finite chain counts as
+    escaped (diverged). ``mesh="auto"`` shards the chains over all devices
+    when there are several; pass ``None`` to keep them on one device or a
+    :func:`chain_mesh` of your own.
+
+    Raises ``ValueError`` when resampling finds every importance weight zero:
+    the target has no finite log-density anywhere the chains are.
     """
     if mesh == "auto":
         mesh = chain_mesh() if jax.device_count() > 1 else None
+    if not escape > 0:
+        raise ValueError(f"escape must be a positive bound on |x|, got {escape}")
     _validate(target, sampler, schedule, num, mesh)
-    x, accept, log_w = _run_jit(target, schedule, key, jnp.float32(sampler.step.a),
-                                sampler=sampler, num=num, denoise=denoise, mesh=mesh)
+    x, accept, nonfinite, escaped, ess, log_w = _run_jit(
+        target, schedule, key, jnp.float32(sampler.step.a), sampler=sampler, num=num,
+        denoise=denoise, escape=float(escape), mesh=mesh)
     weights_valid = (target.has_log_prob and sampler.spec.needs_log_prob
                      and not sampler.reverse_first)
-    return x, SampleStats(accept=accept, log_weights=log_w if weights_valid else None,
-                          nfe=sampler.nfe(schedule.num_levels))
+    if weights_valid and sampler.resample_ess > 0:
+        dead = np.flatnonzero(np.asarray(ess) == 0)
+        if dead.size:
+            raise ValueError(
+                f"every importance weight is zero from level {int(dead.max()) + 1} down: "
+                f"{target.describe()} has no finite log-density where the {num} chains are, "
+                "so there is nothing to resample")
+    log_normalizer = (jax.nn.logsumexp(log_w) - math.log(num)) if weights_valid else None
+    stats = SampleStats(accept=accept, nonfinite=nonfinite, escaped=escaped,
+                        ess=ess if weights_valid else jnp.full_like(ess, jnp.nan),
+                        log_weights=log_w if weights_valid else None,
+                        log_normalizer=log_normalizer, nfe=sampler.nfe(schedule.num_levels),
+                        num=num)
+    _warn_if_diverged(stats, sampler, escape)
+    return x, stats
+
+
+def _warn_if_diverged(stats: SampleStats, sampler: Sampler, escape: float) -> None:
+    bad = np.asarray(stats.nonfinite) + np.asarray(stats.escaped)
+    if bad.max() == 0:
+        return
+    worst = int(np.argmax(bad)) + 1
+    logging.warning(
+        "%s: chains diverged: %d of %d at level %d (%d not finite, %d beyond |x| = %g); "
+        "%d at level 1. Lower the step size (step.a = %g).", sampler.name, bad.max(), stats.num,
+        worst, int(stats.nonfinite[worst - 1]), int(stats.escaped[worst - 1]), escape,
+        stats.diverged, sampler.step.a)
 
 
 @partial(jax.jit, static_argnames=("sampler", "num_steps"))
 def _run_chain(target, x, v, key, t, step_size, mass, *, sampler, num_steps):
-    log_prob, grad = kernels.evaluate(target, x, t)
+    if target.has_log_prob:
+        log_prob, grad, _ = kernels.evaluate_finite(target, x, t)
+    else:
+        log_prob, grad = kernels.evaluate(target, x, t)
     state = kernels.ChainState(x=x, v=v, log_prob=log_prob, grad=grad)
     params = kernels.LevelParams(t=t, step_size=step_size, mass=mass,
                                  damping=jnp.float32(sampler.damping), leapfrog=sampler.leapfrog)
@@ -256,9 +371,9 @@ def tune_step(target: Density, sampler: Sampler, schedule: Schedule, key: Array,
     tail = max(1, round(low_noise_fraction * schedule.num_levels))
     log_lo, log_hi, log_a = -np.inf, np.inf, math.log(sampler.step.a)
     for i in range(iters):
-        _, accept, _ = _run_jit(target, schedule, jax.random.fold_in(key, i),
-                                jnp.float32(math.exp(log_a)), sampler=sampler, num=num,
-                                denoise=False, mesh=None)
+        _, accept, *_ = _run_jit(target, schedule, jax.random.fold_in(key, i),
+                                 jnp.float32(math.exp(log_a)), sampler=sampler, num=num,
+                                 denoise=False, escape=100.0, mesh=None)
         rate = float(jnp.mean(accept[:tail]))  # accept[t - 1] is level t
         if rate > target_accept:
             log_lo = log_a

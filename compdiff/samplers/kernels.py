@@ -17,8 +17,12 @@ and U-HMC one per leapfrog step. Per step, with ``g = grad log pi``:
   so an accepted move keeps its momentum and a rejected one reverses it.
 - U-HMC: HMC that always accepts.
 
-A proposal whose log-density or position is not finite is rejected, so a
-diverging chain stays where it was instead of poisoning the batch.
+The finiteness rule: a proposal whose position, momentum, log-density or
+score is not finite (NaN, or a log-density of ``+inf``) is rejected, so a
+diverging chain stays where it was instead of poisoning the batch. A state
+whose log-density is ``-inf`` (zero density: :func:`evaluate_finite` puts a
+non-finite evaluation there) accepts any finite proposal, so a chain can walk
+out of a region its target does not support.
 """
 
 from __future__ import annotations
@@ -62,14 +66,39 @@ def evaluate(target: Density, x: Array, t: Array) -> tuple[Array, Array]:
     return jnp.zeros(x.shape[:1], x.dtype), target.score(x, t)
 
 
+def evaluate_finite(target: Density, x: Array, t: Array) -> tuple[Array, Array, Array]:
+    """:func:`evaluate` under the finiteness rule: ``(log_prob, grad, ok)``.
+
+    Where the log-density is NaN or ``+inf``, or the score is not finite, the
+    state gets zero density (``log_prob = -inf``) and a zero score (so the next
+    proposal is a plain random walk); ``ok`` [B] marks the states that were finite.
+    """
+    log_prob, grad = evaluate(target, x, t)
+    ok = (~jnp.isnan(log_prob) & (log_prob < jnp.inf) & jnp.all(jnp.isfinite(grad), -1)
+          & jnp.all(jnp.isfinite(x), -1))
+    log_prob = jnp.where(ok, log_prob, -jnp.inf)
+    return log_prob, jnp.where(ok[:, None], grad, 0.0), ok
+
+
+def _finite_rows(*arrays: Array) -> Array:
+    """[B] True where every entry of every ``[B]`` or ``[B, d]`` array is finite."""
+    ok = True
+    for a in arrays:
+        ok = ok & (jnp.all(jnp.isfinite(a), axis=-1) if a.ndim > 1 else jnp.isfinite(a))
+    return ok
+
+
 def _sq(v: Array) -> Array:
     return jnp.sum(v * v, axis=-1)
 
 
-def _accept(key: Array, log_accept: Array, proposal: Array, current: Array) -> tuple[Array, Array]:
-    """Per-chain Metropolis test; non-finite proposals are rejected."""
-    finite = jnp.isfinite(log_accept) & jnp.all(jnp.isfinite(proposal), axis=-1)
-    log_accept = jnp.where(finite, jnp.minimum(log_accept, 0.0), -jnp.inf)
+def _accept(key: Array, log_accept: Array, proposal_ok: Array) -> tuple[Array, Array]:
+    """Per-chain Metropolis test; proposals that are not ``proposal_ok`` are rejected.
+
+    ``log_accept = +inf`` (a finite proposal from a zero-density state) accepts.
+    """
+    valid = proposal_ok & ~jnp.isnan(log_accept)
+    log_accept = jnp.where(valid, jnp.minimum(log_accept, 0.0), -jnp.inf)
     accepted = jnp.log(jax.random.uniform(key, log_accept.shape)) < log_accept
     return accepted, jnp.exp(log_accept)
 
@@ -96,7 +125,7 @@ def mala(target: Density, state: ChainState, key: Array, p: LevelParams):
     log_q_forward = -_sq(x - state.x - eta * state.grad) / (4 * eta)
     log_q_backward = -_sq(state.x - x - eta * grad) / (4 * eta)
     log_accept = log_prob - state.log_prob + log_q_backward - log_q_forward
-    accepted, prob = _accept(k_accept, log_accept, x, state.x)
+    accepted, prob = _accept(k_accept, log_accept, _finite_rows(x, log_prob, grad))
     return _select(accepted, state.replace(x=x, log_prob=log_prob, grad=grad), state), prob
 
 
@@ -127,7 +156,7 @@ def _hmc(target: Density, state: ChainState, key: Array, p: LevelParams, adjuste
     if adjusted:
         kinetic = lambda u: _sq(u) / (2 * p.mass)
         log_accept = (log_prob - kinetic(v_new)) - (state.log_prob - kinetic(v))
-        accepted, prob = _accept(k_accept, log_accept, x, state.x)
+        accepted, prob = _accept(k_accept, log_accept, _finite_rows(x, v_new, log_prob, grad))
     else:
         accepted, prob = jnp.ones(x.shape[:1], bool), jnp.ones(x.shape[:1])
     new = _select(accepted, proposal, current)

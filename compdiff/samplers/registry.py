@@ -101,8 +101,19 @@ class Sampler:
             raise ValueError(f"unknown sampler {self.name!r}; known: {names()}")
         if self.spec.kernel is not None and self.steps_per_level < 1:
             raise ValueError(f"steps_per_level must be >= 1, got {self.steps_per_level}")
-        if not 0.0 <= self.resample_ess <= 1.0:
-            raise ValueError(f"resample_ess must lie in [0, 1], got {self.resample_ess}")
+        if (isinstance(self.resample_ess, bool) or not isinstance(self.resample_ess, (int, float))
+                or not 0.0 <= self.resample_ess <= 1.0):
+            raise ValueError(f"resample_ess must be a number in [0, 1] (0: no resampling), "
+                             f"got {self.resample_ess!r}")
+        if self.resample_ess > 0 and not self.spec.needs_log_prob:
+            raise ValueError(
+                f"sampler {self.name!r} cannot resample (resample_ess={self.resample_ess}): "
+                "resampling weighs chains by annealed importance weights, which are valid "
+                f"only for kernels that leave each level's target invariant (mala, hmc); "
+                f"{self.name!r} is unadjusted, so its weights are undefined")
+        if self.resample_ess > 0 and self.reverse_first:
+            raise ValueError("resampling needs importance weights, which reverse steps do not "
+                             "have; use resample_ess=0 with reverse_first=True")
         if self.leapfrog < 1:
             raise ValueError(f"leapfrog must be >= 1, got {self.leapfrog}")
         if not 0.0 <= self.damping < 1.0:
