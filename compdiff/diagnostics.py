@@ -5,8 +5,11 @@ models has no normalizer when ``-alpha log q`` outgrows ``log p`` far from the
 data: the "density" grows without bound and any sampler returns whatever its
 window allows. :func:`improper_reason` follows rays from the origin past the
 data window (radii ``extent * 2^k``) and calls the composition improper when
-along some rays its log-density keeps growing all the way out (for a
-score-only composition: the radial score ``<s(r u), u>`` stays positive).
+along some rays its log-density keeps growing all the way out. For a
+score-only composition it reads the radial score ``<s(r u), u>`` instead; a
+learned score field far from the data is not the gradient of anything, so
+the table and ``scripts/sample.py`` check log-density compositions only
+(reverse diffusion never needs a normalizer).
 
 **Empty compositions.** A product of densities that share no mass, or a
 negation whose negated factor covers the positive ones, samples to something
@@ -50,7 +53,7 @@ from compdiff.schedules import Schedule
 Array = jnp.ndarray
 
 #: ``log m+ / dim`` below this: the positive factors share no mass.
-OVERLAP_THRESHOLD = -5.0
+OVERLAP_THRESHOLD = -3.0
 #: ``log m-`` below this: the negation removes (almost) nothing.
 NEGATION_THRESHOLD = math.log(2.0)
 

@@ -14,8 +14,8 @@ evaluations per chain. ``reverse_equal`` is reverse diffusion with as many:
 models (or oracles) built on a ``T'``-level schedule, stopped at the level
 ``offset + 1`` whose ``sigma`` is closest to ``sigma_1`` of the ``T``-level
 schedule, so its samples and the target share a noise level, with
-``T' - offset`` equal to the largest MCMC budget in the table.
-:class:`LevelShift` relabels levels ``offset + 1..T'`` as ``1..T' - offset``.
+``T' - offset`` equal to the largest MCMC budget in the table: the
+``reverse_equal`` sampler (:mod:`compdiff.samplers.equal_cost`).
 
 Impossible cells (a mixture of score-only models; a Metropolis-adjusted
 sampler on a score-only composition) are rows with ``"status": "n/a"`` and
@@ -38,7 +38,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -54,57 +53,6 @@ from compdiff.schedules import Schedule
 Array = jnp.ndarray
 METRIC_KEYS = ("ll", "ll_exact", "mode_tv", "mmd", "var", "accept", "accept_level1", "diverged",
                "nfe", "seconds")
-
-
-# --- levels: running reverse diffusion on a longer schedule -----------------------------------
-@flax.struct.dataclass
-class LevelShift(Density):
-    """``inner`` with its levels relabelled: level ``t`` here is level ``t + offset`` there."""
-
-    inner: Density
-    offset: int = flax.struct.field(pytree_node=False, default=0)
-    dim: int = flax.struct.field(pytree_node=False, default=0)
-    has_log_prob: bool = flax.struct.field(pytree_node=False, default=False)
-
-    def log_prob(self, x: Array, t: Array) -> Array:
-        return self.inner.log_prob(x, t + self.offset)
-
-    def score(self, x: Array, t: Array) -> Array:
-        return self.inner.score(x, t + self.offset)
-
-    def log_prob_and_score(self, x: Array, t: Array) -> tuple[Array, Array]:
-        return self.inner.log_prob_and_score(x, t + self.offset)
-
-    def describe(self) -> str:
-        return f"{self.inner.describe()}[t+{self.offset}]"
-
-
-def shift_levels(density: Density, offset: int) -> LevelShift:
-    """``density`` with level ``t`` read as level ``t + offset``."""
-    return LevelShift(inner=density, offset=offset, dim=density.dim,
-                      has_log_prob=density.has_log_prob)
-
-
-def shift_schedule(schedule: Schedule, offset: int) -> Schedule:
-    """``schedule`` restricted to levels ``offset..T``, relabelled ``0..T - offset``."""
-    if not 0 <= offset < schedule.num_levels:
-        raise ValueError(f"offset must lie in [0, {schedule.num_levels}), got {offset}")
-    return Schedule(**{f: getattr(schedule, f)[offset:]
-                       for f in ("beta", "alpha", "abar", "sigma", "btilde")})
-
-
-def equal_nfe_levels(name: str, sigma_1: float, nfe: int) -> tuple[int, int]:
-    """``(T', offset)`` with ``T' - offset = nfe`` and ``sigma'_{offset+1}`` closest to ``sigma_1``.
-
-    Reverse diffusion over levels ``T'..offset+1`` costs one score evaluation
-    per level, ``nfe`` in all.
-    """
-    for num_levels in range(nfe, 2 * nfe + 2):
-        sigma = np.asarray(schedules.get(name, num_levels).sigma[1:], np.float64)
-        offset = int(np.argmin(np.abs(sigma - sigma_1)))
-        if num_levels - offset == nfe:
-            return num_levels, offset
-    raise ValueError(f"no {name} schedule runs {nfe} levels down to sigma={sigma_1:g}")
 
 
 # --- models -----------------------------------------------------------------------------------
@@ -224,7 +172,10 @@ def build(comp: ml_collections.ConfigDict, param: str | None, schedule: Schedule
     return density
 
 
-def make_sampler(spec: ml_collections.ConfigDict) -> samplers.Sampler:
+def make_sampler(spec: ml_collections.ConfigDict, budget: int = 0) -> samplers.Sampler:
+    """The sampler of a table row; ``equal_nfe`` rows are ``reverse_equal`` with ``budget``."""
+    if spec.equal_nfe:
+        return samplers.get("reverse_equal", budget=budget)
     return samplers.get(spec.kind, steps_per_level=spec.steps_per_level, leapfrog=spec.leapfrog,
                         step=samplers.StepRule(spec.step_a, spec.step_b),
                         mass=samplers.MassRule(spec.mass_c, spec.mass_p), damping=spec.damping,
@@ -250,8 +201,13 @@ def run_cell(density_fn, sampler: samplers.Sampler, spec: ml_collections.ConfigD
     """
     t0 = time.time()
     try:
-        density = density_fn()
-        improper = diagnostics.improper_reason(density, 1, extent=extent)
+        density = built = density_fn()
+        if sampler.name == "reverse_equal":  # the levels it samples, as the other cells see them
+            density, _ = samplers.last_levels(built, schedule, sampler.budget)
+        # Only a log-density has a normalizer to lack; reverse diffusion of a
+        # score-only composition never needs one.
+        improper = density.has_log_prob and diagnostics.improper_reason(density, 1,
+                                                                         extent=extent)
         if improper:
             raise ValueError(improper)
         if spec.target_accept > 0:
@@ -259,7 +215,7 @@ def run_cell(density_fn, sampler: samplers.Sampler, spec: ml_collections.ConfigD
                                          spec.target_accept)
         tuned = time.time() - t0
         t0 = time.time()
-        x, stats = samplers.sample(density, sampler, schedule, key, num, denoise=False)
+        x, stats = samplers.sample(built, sampler, schedule, key, num, denoise=False)
         x = np.asarray(jax.block_until_ready(x))
     except ValueError as e:
         return {"status": "n/a", "reason": str(e)}, None, None
@@ -293,11 +249,12 @@ def _equal_nfe(config: ml_collections.ConfigDict, base: Schedule) -> tuple[int, 
     if not _uses_equal(config):
         return None
     budgets = [make_sampler(config.samplers[s]).nfe(base.num_levels)
-               for s in config.sampler_names if config.samplers[s].kind != "reverse"]
+               for s in config.sampler_names
+               if config.samplers[s].kind != "reverse" and not config.samplers[s].equal_nfe]
     if not budgets:
         raise ValueError("reverse_equal matches the MCMC samplers' cost, but none is configured")
     nfe = max(budgets)
-    return (nfe, *equal_nfe_levels(config.schedule.name, float(base.sigma[1]), nfe))
+    return (nfe, *samplers.equal_cost_levels(config.schedule.name, float(base.sigma[1]), nfe))
 
 
 def _figure_density(density: Density, config: ml_collections.ConfigDict):
@@ -321,10 +278,9 @@ class _Context:
         """A builder of the cell's composition (it may refuse) and the schedule to sample on."""
         if not spec.equal_nfe:
             return lambda: build(comp, param, self.base, self.models), self.base
-        _, levels, offset = self.equal
+        _, levels, _ = self.equal
         longer = schedules.get(self.config.schedule.name, levels)
-        return (lambda: shift_levels(build(comp, param, longer, self.models), offset),
-                shift_schedule(longer, offset))
+        return lambda: build(comp, param, longer, self.models), longer
 
 
 def _model_target(density: Density, config: ml_collections.ConfigDict, key: Array
@@ -360,7 +316,8 @@ def _run_composition(ctx: _Context, ci: int, name: str) -> list[dict]:
         for si, sname in enumerate(config.sampler_names):
             spec = config.samplers[sname]
             density_fn, schedule = ctx.cell_density(comp, param, spec)
-            fields, x, density = run_cell(density_fn, make_sampler(spec), spec, schedule,
+            sampler = make_sampler(spec, ctx.equal[0] if spec.equal_nfe else 0)
+            fields, x, density = run_cell(density_fn, sampler, spec, schedule,
                                           jax.random.fold_in(comp_key, 1 + si),
                                           config.num_samples, config.grid.extent)
             row = {"composition": name, "model": kind, "parameterization": param or "oracle",

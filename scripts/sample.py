@@ -9,8 +9,14 @@ uses a dataset's exact oracle. ``--composition`` is an expression over the
 names: ``*`` product, ``+`` mixture, ``/ b^0.5`` negation, ``^w`` weights,
 parentheses (see :mod:`compdiff.expr`). Writes ``OUT.npz`` (key ``x``) and
 ``OUT.png``; ``--exact`` also scores the samples against the same composition
-of the leaves' dataset oracles (level 1, grid-normalized) and plots it.
-Settings can come from a file with ``--flagfile``.
+of the leaves' dataset oracles (at the samples' level, grid-normalized) and
+plots it. Samples come out at level 0 (``--level=1``: the last annealed level).
+
+Before trusting the samples it prints what it checked: acceptance (mean and
+at the lowest-noise levels), chains that diverged, whether the composition
+is improper (it then refuses unless ``--allow_improper``) and, for products
+and negations with ``mala``/``hmc``, whether it is empty
+(:mod:`compdiff.diagnostics`). Settings can come from a file with ``--flagfile``.
 """
 
 import json
@@ -20,10 +26,11 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from compdiff import exact, expr, metrics, plots, samplers, schedules, train
+from compdiff import diagnostics, exact, expr, metrics, plots, samplers, schedules, train
 from compdiff.data import toy2d
+from compdiff.runtime import configure_cpu
 
-_MODELS = flags.DEFINE_multi_string("model", [], "NAME=WORKDIR or NAME=oracle:DATASET.")
+_MODELS = flags.DEFINE_multi_string("model", None, "NAME=WORKDIR or NAME=oracle:DATASET.")
 _COMPOSITION = flags.DEFINE_string("composition", None,
                                    "Expression over model names; default: the only model.")
 _SAMPLER = flags.DEFINE_string("sampler", "mala", f"One of {samplers.names()}.")
@@ -33,7 +40,16 @@ _STEP = flags.DEFINE_float("step", 0.002, "Step size a of eta_t = a * beta_t ** 
 _STEP_B = flags.DEFINE_float("step_b", 0.0, "Exponent b of the step-size rule.")
 _MASS = flags.DEFINE_float("mass", 1.0, "HMC mass c of M_t = c * beta_t ** mass_p.")
 _MASS_P = flags.DEFINE_float("mass_p", 0.0, "Exponent p of the mass rule.")
-_DAMPING = flags.DEFINE_float("damping", 0.5, "HMC momentum damping in [0, 1).")
+_DAMPING = flags.DEFINE_float("damping", None, "HMC momentum damping in [0, 1) "
+                               "(default: the sampler's).")
+_RESAMPLE = flags.DEFINE_float("resample_ess", 0.0, "SMC: resample when the ESS falls below "
+                               "this fraction (mala/hmc only; 0: off).")
+_LEVEL = flags.DEFINE_enum("level", None, ["0", "1"], "Return samples at level 0 (denoised) or "
+                           "1; default 0, or 1 with --exact (level-0 boxes have hard edges).")
+_VERDICT = flags.DEFINE_bool("verdict", True, "Estimate whether a product or negation is "
+                             "empty (extra annealed runs; needs mala or hmc).")
+_ALLOW_IMPROPER = flags.DEFINE_bool("allow_improper", False,
+                                    "Sample a composition that has no normalizer anyway.")
 _TARGET_ACCEPT = flags.DEFINE_float("target_accept", 0.0,
                                     "Tune the step to this mean acceptance first (0: off).")
 _SCHEDULE = flags.DEFINE_string("schedule", "linear", "Schedule when every model is an oracle.")
@@ -48,7 +64,7 @@ flags.mark_flags_as_required(["model", "out"])
 
 def _parse_models() -> dict[str, str]:
     specs = {}
-    for item in _MODELS.value:
+    for item in _MODELS.value or []:
         name, sep, source = item.partition("=")
         if not sep or not name or not source:
             raise app.UsageError(f"--model wants NAME=WORKDIR or NAME=oracle:DATASET, got {item!r}")
@@ -97,6 +113,7 @@ def _load(specs: dict[str, str]):
 
 
 def main(argv: list[str]) -> None:
+    configure_cpu()
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     train.quiet_orbax_logs()
@@ -104,41 +121,69 @@ def main(argv: list[str]) -> None:
     text = _COMPOSITION.value or (next(iter(specs)) if len(specs) == 1 else None)
     if text is None:
         raise app.UsageError("with several models, --composition must say how to combine them")
+    level = int(_LEVEL.value or (1 if _EXACT.value else 0))
     try:
+        options = {} if _DAMPING.value is None else {"damping": _DAMPING.value}
         sampler = samplers.get(_SAMPLER.value, steps_per_level=_STEPS.value,
                                leapfrog=_LEAPFROG.value,
                                step=samplers.StepRule(_STEP.value, _STEP_B.value),
                                mass=samplers.MassRule(_MASS.value, _MASS_P.value),
-                               damping=_DAMPING.value)
+                               resample_ess=_RESAMPLE.value, **options)
         leaves, schedule = _load(specs)
         target = expr.parse(text, leaves)
+        improper = target.has_log_prob and diagnostics.improper_reason(target, 1)
+        if improper and not _ALLOW_IMPROPER.value:
+            raise ValueError(f"{improper}. There is no distribution to sample; "
+                             "--allow_improper samples it anyway")
         key = jax.random.PRNGKey(_SEED.value)
         if _TARGET_ACCEPT.value > 0:
             sampler = samplers.tune_step(target, sampler, schedule, jax.random.fold_in(key, 1),
                                          _TARGET_ACCEPT.value)
             logging.info("tuned step size: %g", sampler.step.a)
-        x, stats = samplers.sample(target, sampler, schedule, key, _NUM.value)
+        x, stats = samplers.sample(target, sampler, schedule, key, _NUM.value,
+                                   denoise=level == 0)
         x = np.asarray(x)
+        verdict = None
+        if _VERDICT.value and sampler.spec.needs_log_prob:
+            verdict = diagnostics.mass_verdict(target, sampler, schedule,
+                                               jax.random.fold_in(key, 3), min(_NUM.value, 1000))
         reference = None
         if _EXACT.value:
             oracles = {n: toy2d.get(_dataset(s), schedule) for n, s in specs.items()}
-            reference = exact.on_grid(expr.parse(text, oracles), 1, extent=2.0)
+            reference = exact.on_grid(expr.parse(text, oracles), level, extent=2.0)
     except (ValueError, FileNotFoundError) as e:
         raise app.UsageError(str(e)) from e
 
     os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
     np.savez(_OUT.value + ".npz", x=x)
-    summary = f"{_SAMPLER.value} on {target.describe()}: {len(x)} samples, NFE {stats.nfe}"
-    if sampler.spec.needs_log_prob:
-        summary += f", mean acceptance {np.nanmean(np.asarray(stats.accept)):.2f}"
+    health = stats.summary()
+    lines = [f"{_SAMPLER.value} on {target.describe()}: {len(x)} samples at level {level}, "
+             f"NFE {stats.nfe}"]
+    if health["accept_mean"] is not None:
+        lines.append(f"acceptance: mean {health['accept_mean']:.2f}, level 1 "
+                     f"{health['accept_level1']:.2f}, lowest-noise 10% of levels "
+                     f"{health['accept_low_noise']:.2f}")
+    lines.append(f"divergence: {stats.diverged} of {len(x)} chains at level 1 "
+                 f"({health['nonfinite']} not finite, {health['escaped']} escaped); "
+                 f"worst level {health['max_diverged']}"
+                 + (" (none)" if health["max_diverged"] == 0 else " -- lower the step size"))
+    if improper:
+        lines.append(f"WARNING {improper}")
+    if verdict is not None:
+        lines.append(f"emptiness: {verdict.line()}")
+    elif _VERDICT.value:
+        lines.append(f"emptiness: not checked ({_SAMPLER.value} has no importance weights; "
+                     "use mala or hmc)")
     if reference is not None:
         y = np.asarray(reference.sample(jax.random.fold_in(key, 2), len(x)))
         scores = metrics.evaluate(x, reference, y, components=8)
-        summary += (f"; ll {scores['ll']:.3f} (exact {metrics.ll(y, reference):.3f}), "
-                    f"mmd {scores['mmd']:.2e}, var {scores['var']:.2e}")
+        mode_tv = "-" if scores["mode_tv"] is None else f"{scores['mode_tv']:.3f}"
+        lines.append(f"exact level-{level} target: ll {scores['ll']:.3f} (exact "
+                     f"{metrics.ll(y, reference):.3f}), mode TV {mode_tv}, mmd "
+                     f"{scores['mmd']:.2e}, var {scores['var']:.2e}")
     plots.scatter(_OUT.value + ".png", x, f"{_SAMPLER.value}: {text}", extent=_EXTENT.value,
                   target=reference)
-    print(summary)
+    print("\n".join(lines))
     print(f"wrote {_OUT.value}.npz and {_OUT.value}.png")
 
 

@@ -132,3 +132,27 @@ def test_samples_come_out_denoised_at_level_zero_by_default(schedule):
     radius, radius1 = (np.linalg.norm(np.asarray(a), axis=-1) for a in (x, x1))
     # Level 0 is the data: ring modes of std 0.03 at radius 0.5 (level 1 is wider).
     assert abs(np.median(radius) - 0.5) < 0.01 and radius.std() < radius1.std()
+
+
+def test_reverse_equal_is_a_registered_sampler_at_a_given_budget():
+    from compdiff import schedules
+    from compdiff.data import toy2d
+
+    base = schedules.get("linear", 20)
+    levels, offset = samplers.equal_cost_levels("linear", float(base.sigma[1]), 60)
+    longer = schedules.get("linear", levels)
+    ring = toy2d.get("ring", longer)
+    reverse_equal = samplers.get("reverse_equal", budget=60)
+    assert "reverse_equal" in samplers.names() and reverse_equal.nfe(levels) == 60
+    x, stats = samplers.sample(ring, reverse_equal, longer, jax.random.PRNGKey(0), NUM,
+                               denoise=False)
+    assert stats.nfe == 60 and stats.accept.shape == (60,)
+    reference = ring.at_level(offset + 1).sample(jax.random.PRNGKey(1), NUM)
+    assert min_ks_pvalue(x, reference) > 1e-3
+    with pytest.raises(ValueError, match="budget"):
+        samplers.get("reverse_equal")
+    with pytest.raises(ValueError, match="budget"):
+        samplers.get("hmc", budget=10)
+    with pytest.raises(ValueError, match="schedule has 20"):
+        samplers.sample(ring, samplers.get("reverse_equal", budget=60), base,
+                        jax.random.PRNGKey(0), 8)

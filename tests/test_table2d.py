@@ -7,14 +7,14 @@ import jax
 import numpy as np
 import pytest
 
-from compdiff import schedules, table2d
+from compdiff import samplers, schedules, table2d
 from compdiff.data import toy2d
 from configs import table2d as table_config
 
 
 def test_equal_nfe_levels_match_cost_and_noise_level():
     base = schedules.get("linear", 100)
-    levels, offset = table2d.equal_nfe_levels("linear", float(base.sigma[1]), 1100)
+    levels, offset = samplers.equal_cost_levels("linear", float(base.sigma[1]), 1100)
     assert levels - offset == 1100
     sigma = float(schedules.get("linear", levels).sigma[offset + 1])
     assert sigma == pytest.approx(float(base.sigma[1]), rel=0.1)
@@ -23,8 +23,8 @@ def test_equal_nfe_levels_match_cost_and_noise_level():
 def test_level_shift_reads_the_longer_schedule():
     long = schedules.get("linear", 50)
     ring = toy2d.get("ring", long)
-    shifted = table2d.shift_levels(ring, 7)
-    schedule = table2d.shift_schedule(long, 7)
+    shifted = samplers.shift_levels(ring, 7)
+    schedule = samplers.shift_schedule(long, 7)
     x = jax.random.normal(jax.random.PRNGKey(0), (5, 2))
     np.testing.assert_allclose(shifted.log_prob(x, 3), ring.log_prob(x, 10), rtol=1e-6)
     np.testing.assert_allclose(shifted.score(x, 3), ring.score(x, 10), rtol=1e-6)

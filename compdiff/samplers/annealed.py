@@ -48,7 +48,7 @@ from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from compdiff.compose import Density
-from compdiff.samplers import kernels
+from compdiff.samplers import equal_cost, kernels
 from compdiff.samplers.registry import Sampler, StepRule
 from compdiff.schedules import Schedule
 
@@ -60,7 +60,7 @@ CHAINS = "chains"
 class SampleStats:
     """What a run measured, every per-level array indexed ``[t - 1]`` for level ``t``.
 
-    ``accept``: mean acceptance probability (NaN where no kernel runs).
+    ``accept``: mean acceptance probability (NaN where no Metropolis test runs).
     ``nonfinite`` / ``escaped``: chains not finite / beyond the escape bound at
     the end of the level. ``ess``: effective sample size of the importance
     weights on entering the level, before any resampling (NaN without weights).
@@ -161,7 +161,8 @@ def _run(target: Density, schedule: Schedule, key: Array, step_scale: Array, *,
         jax.lax.with_sharding_constraint, shardings=NamedSharding(mesh, PartitionSpec(CHAINS)))
     num_levels = schedule.num_levels
     step, mass = _level_tables(sampler, schedule, step_scale)
-    kernel, reverse = sampler.spec.kernel, sampler.name == "reverse" or sampler.reverse_first
+    kernel = sampler.spec.kernel
+    reverse = kernel is None or sampler.reverse_first
 
     k_x, k_v = jax.random.split(jax.random.fold_in(key, 0))
     x = constrain(jax.random.normal(k_x, (num, target.dim)))
@@ -276,6 +277,9 @@ def sample(target: Density, sampler: Sampler, schedule: Schedule, key: Array, nu
         mesh = chain_mesh() if jax.device_count() > 1 else None
     if not escape > 0:
         raise ValueError(f"escape must be a positive bound on |x|, got {escape}")
+    if isinstance(sampler, Sampler) and sampler.name == "reverse_equal":
+        _validate(target, sampler, schedule, num, mesh)
+        target, schedule = equal_cost.last_levels(target, schedule, sampler.budget)
     _validate(target, sampler, schedule, num, mesh)
     x, accept, nonfinite, escaped, ess, log_w = _run_jit(
         target, schedule, key, jnp.float32(sampler.step.a), sampler=sampler, num=num,
@@ -290,6 +294,8 @@ def sample(target: Density, sampler: Sampler, schedule: Schedule, key: Array, nu
                 f"{target.describe()} has no finite log-density where the {num} chains are, "
                 "so there is nothing to resample")
     log_normalizer = (jax.nn.logsumexp(log_w) - math.log(num)) if weights_valid else None
+    if not sampler.spec.needs_log_prob:  # no Metropolis test: nothing was accepted or rejected
+        accept = jnp.full_like(accept, jnp.nan)
     stats = SampleStats(accept=accept, nonfinite=nonfinite, escaped=escaped,
                         ess=ess if weights_valid else jnp.full_like(ess, jnp.nan),
                         log_weights=log_w if weights_valid else None,
@@ -304,11 +310,13 @@ def _warn_if_diverged(stats: SampleStats, sampler: Sampler, escape: float) -> No
     if bad.max() == 0:
         return
     worst = int(np.argmax(bad)) + 1
+    advice = (f"Lower the step size (step.a = {sampler.step.a:g})." if sampler.spec.kernel
+              else "The scores are unstable there: check the models.")
     logging.warning(
         "%s: chains diverged: %d of %d at level %d (%d not finite, %d beyond |x| = %g); "
-        "%d at level 1. Lower the step size (step.a = %g).", sampler.name, bad.max(), stats.num,
-        worst, int(stats.nonfinite[worst - 1]), int(stats.escaped[worst - 1]), escape,
-        stats.diverged, sampler.step.a)
+        "%d at level 1. %s", sampler.name, bad.max(), stats.num, worst,
+        int(stats.nonfinite[worst - 1]), int(stats.escaped[worst - 1]), escape, stats.diverged,
+        advice)
 
 
 @partial(jax.jit, static_argnames=("sampler", "num_steps"))

@@ -47,6 +47,8 @@ class KernelSpec:
 
 _REGISTRY: dict[str, KernelSpec] = {
     "reverse": KernelSpec(None, False, "one"),
+    # Reverse diffusion over the last `budget` levels of a longer schedule (equal_cost.py).
+    "reverse_equal": KernelSpec(None, False, "one"),
     "ula": KernelSpec(kernels.ula, False, "one"),
     "mala": KernelSpec(kernels.mala, True, "one"),
     "uhmc": KernelSpec(kernels.uhmc, False, "leapfrog"),
@@ -80,6 +82,11 @@ class Sampler:
     at low noise freeze the mode weights of an intermediate level; the weights
     correct exactly that (see ``tests/test_annealed.py``).
 
+    ``reverse_equal`` is reverse diffusion spending ``budget`` score
+    evaluations per chain: give it a target and schedule of at least
+    ``budget`` levels (:func:`~compdiff.samplers.equal_cost_levels` picks the
+    schedule whose last ``budget`` levels end at a given noise level).
+
     ``damping`` defaults to RRR's image setting, 0.9. With few kernel steps
     per level on sharply peaked targets (RRR's 2D setup: 3 HMC steps per
     level) the persistent momentum cannot shed the energy released as the
@@ -95,6 +102,7 @@ class Sampler:
     damping: float = 0.9
     reverse_first: bool = False
     resample_ess: float = 0.0
+    budget: int = 0
 
     def __post_init__(self):
         if self.name not in _REGISTRY:
@@ -114,6 +122,10 @@ class Sampler:
         if self.resample_ess > 0 and self.reverse_first:
             raise ValueError("resampling needs importance weights, which reverse steps do not "
                              "have; use resample_ess=0 with reverse_first=True")
+        if (self.name == "reverse_equal") != (self.budget > 0):
+            raise ValueError("budget (score evaluations per chain) is for the reverse_equal "
+                             f"sampler alone and it needs one >= 1; got {self.name!r} with "
+                             f"budget={self.budget}")
         if self.leapfrog < 1:
             raise ValueError(f"leapfrog must be >= 1, got {self.leapfrog}")
         if not 0.0 <= self.damping < 1.0:
@@ -145,6 +157,8 @@ class Sampler:
         gives the score the next reverse step uses), then each kernel step
         costs ``grads_per_step``.
         """
+        if self.name == "reverse_equal":
+            return self.budget
         return num_levels * (1 + self.num_kernel_steps * self.grads_per_step)
 
 
