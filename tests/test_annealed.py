@@ -156,3 +156,14 @@ def test_reverse_equal_is_a_registered_sampler_at_a_given_budget():
     with pytest.raises(ValueError, match="schedule has 20"):
         samplers.sample(ring, samplers.get("reverse_equal", budget=60), base,
                         jax.random.PRNGKey(0), 8)
+
+
+def test_default_hmc_damping_sheds_energy_with_three_steps_per_level(schedule):
+    """The default damping (``scripts/damping.py``) samples an exact Gaussian's level-1
+    variance at RRR's 2D budget of 3 HMC steps per level; 0.9 is 9.9 standard errors off."""
+    gauss = oracles.gaussian_mixture([[0.0, 0.0]], 0.2, schedule)
+    hmc = samplers.get("hmc", steps_per_level=3, leapfrog=3, step=0.03)
+    x, _ = samplers.sample(gauss, hmc, schedule, jax.random.PRNGKey(0), NUM, denoise=False)
+    sq = np.asarray(x, np.float64) ** 2
+    z = (sq.mean() - float(gauss.at_level(1).covs[0, 0, 0])) / (sq.std() / np.sqrt(sq.size))
+    assert abs(z) < 4, f"level-1 variance {sq.mean():.5f} is {z:+.1f} standard errors off"

@@ -87,11 +87,12 @@ class Sampler:
     ``budget`` levels (:func:`~compdiff.samplers.equal_cost_levels` picks the
     schedule whose last ``budget`` levels end at a given noise level).
 
-    ``damping`` defaults to RRR's image setting, 0.9. With few kernel steps
-    per level on sharply peaked targets (RRR's 2D setup: 3 HMC steps per
-    level) the persistent momentum cannot shed the energy released as the
-    target sharpens; 0.5 samples the exact 2D product far better there
-    (docs/table2d.md).
+    ``damping`` defaults to 0.5, chosen by ``scripts/damping.py``: annealed
+    HMC on an exact Gaussian and on the exact ring x bar product, 3 and 10
+    kernel steps per level. RRR's image value 0.9 under-dissipates with few
+    steps per level (level-1 variance 9.9 standard errors too high with 3
+    steps) and mixes worst with 10; 0.5 is within noise at both
+    (``docs/design_notes.md``).
     """
 
     name: str
@@ -99,7 +100,7 @@ class Sampler:
     step: StepRule = StepRule(1e-3)
     mass: MassRule = MassRule()
     leapfrog: int = 3
-    damping: float = 0.9
+    damping: float = 0.5
     reverse_first: bool = False
     resample_ess: float = 0.0
     budget: int = 0
