@@ -10,11 +10,27 @@ workload can hope for). FLOPs per evaluation come from XLA's cost analysis
 of one jitted ``log_prob_and_score`` (no loops, so the count is exact).
 
     python scripts/bench_samplers.py [--batch=1000] [--levels=100] [--steps=10] [--json=out.json]
+
+Small batches and CPU contention (docs/cpu_contention.md): ``--small=16,256``
+also times, per batch size, energy evaluations/s of a jitted scan of
+dependent evaluations and of a short MALA run (median of ``--small_repeats``);
+``--busy=N`` runs N busy-loop processes during the measurements
+(``--busy_pin``: each holds one core; ``--busy_nice=-10``: they outrank this
+process, as a host stealing the vCPU does); ``--compare`` times the small
+batches quiet first, then busy, and prints busy/quiet; ``--small_only``
+skips the batch-1000 suite:
+
+    python scripts/bench_samplers.py --small=16,256 --small_only --compare \
+        --busy=1 --busy_pin --busy_nice=-10
 """
 
 from __future__ import annotations
 
 import json
+import os
+import statistics
+import subprocess
+import sys
 import time
 
 import jax
@@ -22,6 +38,7 @@ import jax.numpy as jnp
 from absl import app, flags
 
 from compdiff import samplers, schedules, table2d, train
+from compdiff.runtime import configure_cpu
 from configs import toy2d
 
 _BATCH = flags.DEFINE_integer("batch", 1000, "chains per run")
@@ -29,6 +46,22 @@ _LEVELS = flags.DEFINE_integer("levels", 100, "noise levels T")
 _STEPS = flags.DEFINE_integer("steps", 10, "kernel steps per level")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "timed repetitions (best is reported)")
 _JSON = flags.DEFINE_string("json", None, "also write the results to this JSON file")
+_SMALL = flags.DEFINE_list("small", [], "also time these small batch sizes, e.g. 16,256")
+_SMALL_ONLY = flags.DEFINE_bool("small_only", False, "time only the --small batches")
+_SMALL_LEVELS = flags.DEFINE_integer("small_levels", 10, "levels T of the small MALA run")
+_SMALL_STEPS = flags.DEFINE_integer("small_steps", 5, "kernel steps per level, small MALA run")
+_SMALL_REPEATS = flags.DEFINE_integer("small_repeats", 5, "timed repetitions (median reported)")
+_BUSY = flags.DEFINE_integer("busy", 0, "busy-loop processes (one core each) run while timing")
+_BUSY_SECONDS = flags.DEFINE_float("busy_seconds", 300.0, "the busy loops stop after this long")
+_BUSY_NICE = flags.DEFINE_integer("busy_nice", 0, "niceness of the busy loops (below 0: they "
+                                  "outrank this process, like a host stealing a vCPU; needs root)")
+_BUSY_PIN = flags.DEFINE_bool("busy_pin", False, "pin busy loop i to the i-th last CPU, so it "
+                              "holds that core instead of moving between cores")
+_COMPARE = flags.DEFINE_bool("compare", False, "with --busy: time the --small batches quiet "
+                             "first, then busy, and print busy/quiet")
+
+_SPIN = "import sys, time\nend = time.monotonic() + float(sys.argv[1])\n" \
+        "while time.monotonic() < end:\n    pass\n"
 
 
 def _best_seconds(fn, repeats: int) -> float:
@@ -76,6 +109,113 @@ def _flops(fn, *args) -> float:
     return float(cost["flops"])
 
 
+class _Busy:
+    """``n`` pure-Python busy loops in their own processes; stopped on exit from the block."""
+
+    def __init__(self, n: int, seconds: float, nice: int = 0, pin: bool = False):
+        self.n, self.seconds, self.nice, self.pin, self.procs = n, seconds, nice, pin, []
+
+    def __enter__(self):
+        cpus = range(os.cpu_count())  # the machine's, even when this process is pinned
+        for i in range(self.n):
+            proc = subprocess.Popen([sys.executable, "-c", _SPIN, str(self.seconds)])
+            self.procs.append(proc)
+            if hasattr(os, "sched_setaffinity"):
+                os.sched_setaffinity(proc.pid, [cpus[-1 - i % len(cpus)]] if self.pin else cpus)
+            if self.nice:
+                os.setpriority(os.PRIO_PROCESS, proc.pid, self.nice)
+        if self.procs:
+            time.sleep(0.5)  # let them start spinning
+        return self
+
+    def __exit__(self, *exc):
+        for proc in self.procs:
+            proc.kill()
+        for proc in self.procs:
+            proc.wait()
+        self.procs = []
+
+
+def _median_seconds(fn, repeats: int) -> float:
+    jax.block_until_ready(fn())  # compile and warm up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _chains(batch: int):
+    """``[batch, 2]`` start points, sharded over the devices like the sampler's chains."""
+    x = jax.random.normal(jax.random.PRNGKey(0), (batch, 2))
+    if jax.device_count() > 1 and batch % jax.device_count() == 0:
+        sharding = jax.sharding.NamedSharding(samplers.chain_mesh(),
+                                              jax.sharding.PartitionSpec("chains"))
+        x = jax.device_put(x, sharding)
+    return x
+
+
+def _time_small(energy, batches: list[int], repeats: int, chain: int = 20) -> dict:
+    """Energy evaluations/s at each small batch: a jitted scan of ``chain`` dependent
+    evaluations (``eval``) and a short MALA run (``mala``), medians of ``repeats``."""
+    levels, steps = _SMALL_LEVELS.value, _SMALL_STEPS.value
+    schedule = schedules.get("linear", levels)
+    mala = samplers.get("mala", steps_per_level=steps, step=1e-3)
+
+    @jax.jit
+    def run(model, x):
+        def body(x, _):
+            return x + 1e-6 * model.log_prob_and_score(x, levels // 2)[1], None
+        return jax.lax.scan(body, x, None, length=chain)[0]
+
+    out = {}
+    for batch in batches:
+        x = _chains(batch)
+        eval_seconds = _median_seconds(lambda x=x: run(energy, x), repeats)
+        mala_seconds = _median_seconds(
+            lambda b=batch: samplers.sample(energy, mala, schedule, jax.random.PRNGKey(1),
+                                            b)[0], repeats)
+        out[batch] = {"eval": batch * chain / eval_seconds,
+                      "mala": batch * mala.nfe(levels) / mala_seconds}
+    return out
+
+
+def _small(energy) -> dict:
+    """The ``--small`` measurement: quiet and/or with ``--busy`` loops, printed and returned."""
+    batches = [int(b) for b in _SMALL.value]
+    repeats, busy = _SMALL_REPEATS.value, _BUSY.value
+    runs = {}
+    if _COMPARE.value or not busy:
+        runs["quiet"] = _time_small(energy, batches, repeats)
+    if busy:
+        with _Busy(busy, _BUSY_SECONDS.value, _BUSY_NICE.value, _BUSY_PIN.value):
+            runs[f"busy{busy}"] = _time_small(energy, batches, repeats)
+    print(f"small batches: energy evaluations/s (median of {repeats}); eval = jitted scan of "
+          f"evaluations, mala = T={_SMALL_LEVELS.value} x {_SMALL_STEPS.value} steps")
+    header = f"{'batch':>6s} {'kind':5s}" + "".join(f" {k:>10s}" for k in runs)
+    compare = len(runs) == 2
+    print(header + (f" {'busy/quiet':>10s}" if compare else ""))
+    result = {}
+    for batch in batches:
+        for kind in ("eval", "mala"):
+            row = {k: r[batch][kind] for k, r in runs.items()}
+            if compare:
+                row["ratio"] = row[f"busy{busy}"] / row["quiet"]
+            result.setdefault(str(batch), {})[kind] = row
+            print(f"{batch:6d} {kind:5s}" + "".join(f" {row[k]:10.3g}" for k in runs)
+                  + (f" {row['ratio']:10.3g}" if compare else ""))
+    return result
+
+
+def _setting() -> dict:
+    """What this process runs under: the knobs docs/cpu_contention.md compares."""
+    affinity = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    return {"xla_flags": os.environ.get("XLA_FLAGS", ""), "device_count": jax.device_count(),
+            "affinity": affinity, "busy": _BUSY.value, "busy_nice": _BUSY_NICE.value,
+            "busy_pin": _BUSY_PIN.value}
+
+
 def _model(param: str, schedule_levels: int):
     config = toy2d.get_config(f"dataset=ring,param={param}")
     config.schedule.num_levels = schedule_levels
@@ -84,11 +224,14 @@ def _model(param: str, schedule_levels: int):
     return train.build_model(config, params["params"])
 
 
-def main(argv):
-    del argv
-    batch, levels, steps, repeats = _BATCH.value, _LEVELS.value, _STEPS.value, _REPEATS.value
-    schedule = schedules.get("linear", levels)
-    energy, eps = _model("energy_l2", levels), _model("eps", levels)
+def _write(results: dict) -> None:
+    if _JSON.value:
+        with open(_JSON.value, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+def _suite(energy, eps, schedule, batch: int, levels: int, steps: int, repeats: int) -> dict:
+    """The batch-``batch`` suite: samplers' evaluations/s, energy/eps cost, FLOP/s fractions."""
     x = jax.random.normal(jax.random.PRNGKey(0), (batch, 2))
 
     energy_seconds = _seconds_per_eval(lambda m, x: m.log_prob_and_score(x, 50), energy, x,
@@ -134,9 +277,33 @@ def main(argv):
         results["samplers"][name] = row
         print(f"{name:8s} {row['evals_per_second']:12.3g} {seconds:8.3f} {row['gflops']:8.2f} "
               f"{row['fraction_of_matmul']:8.3f} {row['fraction_of_mlp_matmul']:8.3f}")
-    if _JSON.value:
-        with open(_JSON.value, "w") as f:
-            json.dump(results, f, indent=2)
+    return results
+
+
+def main(argv):
+    applied = configure_cpu()
+    del argv
+    load = os.getloadavg()  # before this process adds to it
+    batch, levels, steps, repeats = _BATCH.value, _LEVELS.value, _STEPS.value, _REPEATS.value
+    schedule = schedules.get("linear", levels)
+    energy, eps = _model("energy_l2", levels), _model("eps", levels)
+    setting = {**_setting(), "configure_cpu": applied, "loadavg_at_start": load}
+    if _SMALL_ONLY.value:
+        if not _SMALL.value:
+            raise app.UsageError("--small_only needs --small=BATCH[,BATCH...]")
+        results = {"machine": table2d.machine(), "setting": setting}
+        print(f"{results['machine']}\nsetting: {setting}")
+        results["small"] = _small(energy)
+        _write(results)
+        return
+    with _Busy(0 if _COMPARE.value else _BUSY.value, _BUSY_SECONDS.value, _BUSY_NICE.value,
+               _BUSY_PIN.value):
+        results = _suite(energy, eps, schedule, batch, levels, steps, repeats)
+    results["setting"] = setting
+    if _SMALL.value:
+        print(f"setting: {setting}")
+        results["small"] = _small(energy)
+    _write(results)
 
 
 if __name__ == "__main__":

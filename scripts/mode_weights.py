@@ -18,6 +18,7 @@ import numpy as np
 from absl import app, flags
 
 from compdiff import oracles, samplers, schedules
+from compdiff.runtime import configure_cpu
 from compdiff.testing import min_ks_pvalue
 
 _NUM = flags.DEFINE_integer("num", 4000, "chains per sampler")
@@ -39,6 +40,7 @@ SAMPLERS = {
 
 
 def main(argv):
+    configure_cpu()
     del argv
     schedule = schedules.get("linear", 100)
     angles = np.arange(8) * np.pi / 4

@@ -8,6 +8,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from compdiff import train
+from compdiff.runtime import configure_cpu
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file[:variant].",
                                           lock_config=True)
@@ -16,6 +17,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv: list[str]) -> None:
+    configure_cpu()
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     train.quiet_orbax_logs()
