@@ -383,7 +383,11 @@ def _component_panels(comp, param: str | None, base: Schedule, models: dict,
         leaves = [models[d, param, base.num_levels] for d in comp.components]
     panels = [(d, _figure_density(leaf, config)) for d, leaf in zip(comp.components, leaves)]
     composed = combine(comp.op, leaves, comp.alpha)
-    return panels + [("exact" if param is None else "composed", _figure_density(composed, config))]
+    title = "exact" if param is None else "composed"
+    if composed.has_log_prob and diagnostics.improper_reason(composed, 1,
+                                                             extent=config.grid.extent):
+        title += " (improper: window only)"
+    return panels + [(title, _figure_density(composed, config))]
 
 
 # --- Markdown ---------------------------------------------------------------------------------

@@ -116,3 +116,16 @@ def test_energy_rows_are_also_scored_against_their_own_composition(tiny_run):
         assert r["status"] == "ok" and np.isfinite(r["ll_model_exact"])
         assert r["mmd_model"] is not None
     assert all("mmd_model" not in r for r in result["rows"] if r["model"] != "energy")
+
+
+def test_rows_show_level_one_acceptance_mode_weights_and_divergence(tiny_run):
+    _, workdir, result = tiny_run
+    rows = {(r["composition"], r["model"], r["sampler"]): r for r in result["rows"]}
+    mala = rows["product", "oracle", "mala"]
+    assert mala["accept_level1"] < mala["accept"]  # the mean over levels hides level 1
+    assert mala["diverged"] == 0 and 0 <= mala["mode_tv"] <= 1
+    assert rows["product", "oracle", "reverse"]["accept_level1"] is None
+    with open(os.path.join(workdir, "table2d.md")) as f:
+        table = f.read()
+    assert "| mode TV |" in table and "| accept (level 1) |" in table
+    assert f"{mala['accept']:.2f} ({mala['accept_level1']:.2f})" in table
