@@ -124,11 +124,16 @@ def model_dim(config: ml_collections.ConfigDict) -> int:
 
 
 def make_network(config: ml_collections.ConfigDict, dim: int | None = None) -> ResidualMLP:
-    """The network of ``config`` over ``R^dim`` (default: :func:`model_dim`)."""
+    """The network of ``config`` over ``R^dim`` (default: :func:`model_dim`).
+
+    ``model.widen`` / ``model.norm`` default to 1 / ``"none"``: configs saved
+    before those fields existed rebuild the network they were trained with.
+    """
     m = config.model
     return ResidualMLP(dim=model_dim(config) if dim is None else dim, hidden=m.hidden,
                        num_blocks=m.num_blocks, time_embedding=m.time_embedding,
-                       num_levels=config.schedule.num_levels)
+                       num_levels=config.schedule.num_levels, widen=m.get("widen", 1),
+                       norm=m.get("norm", "none"))
 
 
 def build_model(config: ml_collections.ConfigDict, params: Any) -> DiffusionModel:

@@ -11,6 +11,14 @@ Variants are comma-separated ``key=value`` pairs after the file name, as in big_
 Any other field is overridden on the command line, e.g.
 ``--config.train.steps=200 --config.model.time_embedding=learned``.
 
+Architecture (:class:`compdiff.models.ResidualMLP`): ``model.widen`` (an integer
+>= 1; each residual block's inner width is ``widen * hidden``) and
+``model.norm`` (``none`` or ``layernorm``). The defaults, ``widen=1``,
+``norm=none``, are the network of every earlier run;
+``--config.model.widen=2 --config.model.norm=layernorm`` is the authors' (RRR's)
+2D network: 4 blocks, hidden 128, inner width 256, LayerNorm. A bad value
+raises a ``ValueError`` naming the field when the network is built.
+
 Your own data: ``--config.data.path=points.npz`` trains on the points in a
 ``.npz`` file, an ``[n, d]`` float array under key ``x`` (or the file's only
 array); any ``d`` works, see :mod:`compdiff.data.points`. A non-empty
@@ -58,6 +66,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.hidden = 128
     config.model.num_blocks = 4
     config.model.time_embedding = "sinusoidal"  # or "learned"
+    config.model.widen = 1  # inner width of each block = widen * hidden; RRR: 2
+    config.model.norm = "none"  # or "layernorm" (RRR's)
 
     config.schedule = ml_collections.ConfigDict()
     config.schedule.name = "linear"

@@ -11,6 +11,11 @@ of one jitted ``log_prob_and_score`` (no loops, so the count is exact).
 
     python scripts/bench_samplers.py [--batch=1000] [--levels=100] [--steps=10] [--json=out.json]
 
+Architecture: ``--widen=1 --norm=none`` (the default, our network) or
+``--widen=2 --norm=layernorm`` (the authors': each block's inner layer 256
+wide, LayerNorm), as ``model.widen`` / ``model.norm`` in ``configs/toy2d.py``;
+both the energy and the eps model use it.
+
 Small batches and CPU contention (docs/cpu_contention.md): ``--small=16,256``
 also times, per batch size, energy evaluations/s of a jitted scan of
 dependent evaluations and of a short MALA run (median of ``--small_repeats``);
@@ -38,6 +43,7 @@ import jax.numpy as jnp
 from absl import app, flags
 
 from compdiff import samplers, schedules, table2d, train
+from compdiff.models.mlp import NORMS
 from compdiff.runtime import configure_cpu
 from configs import toy2d
 
@@ -46,6 +52,10 @@ _LEVELS = flags.DEFINE_integer("levels", 100, "noise levels T")
 _STEPS = flags.DEFINE_integer("steps", 10, "kernel steps per level")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "timed repetitions (best is reported)")
 _JSON = flags.DEFINE_string("json", None, "also write the results to this JSON file")
+_WIDEN = flags.DEFINE_integer("widen", 1, "model.widen: inner width of each residual block = "
+                              "widen * hidden (the authors' network: 2)")
+_NORM = flags.DEFINE_enum("norm", "none", list(NORMS),
+                          "model.norm (the authors' network: layernorm)")
 _SMALL = flags.DEFINE_list("small", [], "also time these small batch sizes, e.g. 16,256")
 _SMALL_ONLY = flags.DEFINE_bool("small_only", False, "time only the --small batches")
 _SMALL_LEVELS = flags.DEFINE_integer("small_levels", 10, "levels T of the small MALA run")
@@ -211,7 +221,8 @@ def _small(energy) -> dict:
 def _setting() -> dict:
     """What this process runs under: the knobs docs/cpu_contention.md compares."""
     affinity = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    return {"xla_flags": os.environ.get("XLA_FLAGS", ""), "device_count": jax.device_count(),
+    return {"widen": _WIDEN.value, "norm": _NORM.value,
+            "xla_flags": os.environ.get("XLA_FLAGS", ""), "device_count": jax.device_count(),
             "affinity": affinity, "busy": _BUSY.value, "busy_nice": _BUSY_NICE.value,
             "busy_pin": _BUSY_PIN.value}
 
@@ -219,6 +230,7 @@ def _setting() -> dict:
 def _model(param: str, schedule_levels: int):
     config = toy2d.get_config(f"dataset=ring,param={param}")
     config.schedule.num_levels = schedule_levels
+    config.model.widen, config.model.norm = _WIDEN.value, _NORM.value
     network = train.make_network(config, dim=2)
     params = network.init(jax.random.PRNGKey(0), jnp.zeros((1, 2)), jnp.zeros((1,), jnp.int32))
     return train.build_model(config, params["params"])
@@ -258,7 +270,8 @@ def _suite(energy, eps, schedule, batch: int, levels: int, steps: int, repeats: 
         "uhmc": dict(steps_per_level=steps, leapfrog=3, step=1e-2),
         "hmc": dict(steps_per_level=steps, leapfrog=3, step=1e-2),
     }
-    print(f"{results['machine']}; batch {batch}, T={levels}, {steps} kernel steps/level")
+    print(f"{results['machine']}; batch {batch}, T={levels}, {steps} kernel steps/level; "
+          f"network widen={_WIDEN.value} norm={_NORM.value}")
     print(f"energy/eps cost per evaluation: {results['energy_over_eps_seconds']:.2f}x time, "
           f"{results['energy_over_eps_flops']:.2f}x FLOPs; matmul 1024^3 {peak / 1e9:.1f} "
           f"GFLOP/s, matmul [{batch},128]x[128,128] {mlp_roof / 1e9:.1f} GFLOP/s")

@@ -3,11 +3,15 @@
 import chex
 import jax
 import jax.numpy as jnp
+import ml_collections
 import pytest
 
 from compdiff import compose
+from compdiff import train as train_lib
 from compdiff.models import DiffusionModel, ResidualMLP
 from compdiff.models.diffusion import LinenApply, predict
+from compdiff.models.mlp import sinusoidal_embedding
+from configs import toy2d as toy2d_config
 
 ENERGY_FORMS = {
     "energy_l2": lambda x, s: 0.5 * jnp.sum(s**2, -1),
@@ -138,3 +142,115 @@ def test_unknown_time_embedding(x):
     net = ResidualMLP(dim=2, time_embedding="fourier")
     with pytest.raises(ValueError, match="unknown time_embedding 'fourier'"):
         net.init(jax.random.key(0), x, jnp.ones(6, jnp.int32))
+
+
+# --- architecture options: widen and norm -------------------------------------------------
+def _reference_default_network(params, x, t):
+    """The network before ``widen`` / ``norm`` existed, written out (sinusoidal time path)."""
+    def dense(name, h):
+        return h @ params[name]["kernel"] + params[name]["bias"]
+
+    hidden = params["input"]["kernel"].shape[1]
+    emb = dense("time_out", jax.nn.swish(dense("time_proj", sinusoidal_embedding(t, hidden))))
+    h = dense("input", x)
+    blocks = sum(name.endswith("_in") and name.startswith("block") for name in params)
+    for i in range(blocks):
+        r = dense(f"block{i}_in", jax.nn.swish(h)) + dense(f"block{i}_emb", emb)
+        h = h + dense(f"block{i}_out", jax.nn.swish(r))
+    return dense("output", jax.nn.swish(h))
+
+
+def _shapes(params):
+    return {"/".join(k.key for k in path): leaf.shape
+            for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
+
+
+def test_default_network_is_unchanged(x):
+    """Default config: the parameter tree of every earlier checkpoint, and the same outputs."""
+    config = toy2d_config.get_config("dataset=ring,param=energy_dae")
+    net = train_lib.make_network(config, 2)
+    assert (net.widen, net.norm) == (1, "none")
+    params = net.init(jax.random.key(0), jnp.zeros((1, 2)), jnp.zeros(1, jnp.int32))["params"]
+    expected = {"input/kernel": (2, 128), "input/bias": (128,),
+                "time_proj/kernel": (128, 128), "time_proj/bias": (128,),
+                "time_out/kernel": (128, 128), "time_out/bias": (128,),
+                "output/kernel": (128, 2), "output/bias": (2,)}
+    for i in range(4):
+        for layer in ("in", "emb", "out"):
+            expected |= {f"block{i}_{layer}/kernel": (128, 128), f"block{i}_{layer}/bias": (128,)}
+    assert _shapes(params) == expected
+    t = jnp.full(6, T)
+    chex.assert_trees_all_close(net.apply({"params": params}, x, t),
+                                _reference_default_network(params, x, t), rtol=1e-5, atol=1e-6)
+    # A config saved before the fields existed builds the same network.
+    old = ml_collections.ConfigDict(config.to_dict())
+    del old.model["widen"], old.model["norm"]
+    assert train_lib.make_network(old, 2) == net
+
+
+@pytest.mark.parametrize("widen,norm", [(1, "layernorm"), (2, "none"), (2, "layernorm")])
+def test_architecture_parameters(widen, norm):
+    net = ResidualMLP(dim=2, hidden=16, num_blocks=3, num_levels=20, widen=widen, norm=norm)
+    shapes = _shapes(net.init(jax.random.key(0), jnp.zeros((1, 2)),
+                              jnp.ones(1, jnp.int32))["params"])
+    for i in range(3):
+        assert shapes[f"block{i}_in/kernel"] == (16, 16 * widen)
+        assert shapes[f"block{i}_emb/kernel"] == (16, 16 * widen)
+        assert shapes[f"block{i}_out/kernel"] == (16 * widen, 16)
+        norm_shapes = {k: v for k, v in shapes.items() if k.startswith(f"block{i}_norm")}
+        assert norm_shapes == ({f"block{i}_norm/scale": (16,), f"block{i}_norm/bias": (16,)}
+                               if norm == "layernorm" else {})
+
+
+@pytest.mark.parametrize("norm", ["none", "layernorm"])
+@pytest.mark.parametrize("form", sorted(ENERGY_FORMS))
+def test_energy_is_smooth_for_every_norm(schedule, form, norm):
+    """Finite energies and gradients, near and far from the data; ``grad_x E`` is
+    differentiable (central differences of it match its jvp, the Hessian-vector product);
+    the training loss on ``grad_x E`` has finite parameter gradients (the double backward)."""
+    net = ResidualMLP(dim=2, hidden=16, num_blocks=2, num_levels=20, widen=2, norm=norm)
+    params = net.init(jax.random.key(0), jnp.zeros((1, 2)), jnp.ones(1, jnp.int32))["params"]
+    model = make((net, params), schedule, form)
+    x = jnp.concatenate([jax.random.normal(jax.random.key(1), (6, 2)),
+                         jnp.array([[0.0, 0.0], [1e-4, -1e-4], [30.0, -40.0]])])
+    energy, eps_hat = model.energy_and_eps(x, T)
+    assert bool(jnp.all(jnp.isfinite(energy))) and bool(jnp.all(jnp.isfinite(eps_hat)))
+
+    v = jax.random.normal(jax.random.key(2), x.shape)
+    # Central differences in float32, away from the origin: with the zero bias init the first
+    # LayerNorm sees h = W x, whose feature variance ~ |x|^2, so grad_x E varies on the
+    # length scale |x| (steep, though smooth, near x = 0; see compdiff.models.mlp).
+    xs, vs = x[:6], v[:6]
+    hvp = jax.jvp(lambda y: model.eps_hat(y, T), (xs,), (vs,))[1]
+    step = 1e-3
+    fd = (model.eps_hat(xs + step * vs, T) - model.eps_hat(xs - step * vs, T)) / (2 * step)
+    assert bool(jnp.all(jnp.isfinite(hvp)))
+    chex.assert_trees_all_close(fd, hvp, rtol=2e-2, atol=5e-3 * float(jnp.abs(hvp).max()))
+
+    eps = jax.random.normal(jax.random.key(3), x.shape)
+    loss = lambda p: jnp.mean((model.replace(params=p).eps_hat(x, T) - eps) ** 2)
+    grads = jax.grad(loss)(params)
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree_util.tree_leaves(grads))
+    if norm == "layernorm":
+        assert float(jnp.abs(grads["block0_norm"]["scale"]).sum()) > 0
+
+
+@pytest.mark.parametrize("widen,norm,match", [
+    (0, "none", r"widen \(config model.widen\) must be an integer >= 1.*got 0"),
+    (1.5, "none", "widen.*got 1.5"),
+    (True, "none", "widen.*got True"),
+    (1, "batchnorm", r"unknown norm \(config model.norm\) 'batchnorm'; known: \['none', "
+                     r"'layernorm'\]"),
+])
+def test_bad_architecture_raises(widen, norm, match):
+    with pytest.raises(ValueError, match=match):
+        ResidualMLP(dim=2, widen=widen, norm=norm)
+    config = toy2d_config.get_config()
+    config.model.norm = norm
+    try:
+        config.model.widen = widen
+    except TypeError:  # the config field is typed int: 1.5 is refused on the command line
+        assert not isinstance(widen, int)
+        return
+    with pytest.raises(ValueError, match=match):
+        train_lib.make_network(config, 2)
