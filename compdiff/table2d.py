@@ -45,6 +45,7 @@ import numpy as np
 from absl import logging
 
 from compdiff import compose, diagnostics, exact, metrics, plots, samplers, schedules, train
+from compdiff import workdir as workdir_lib
 from compdiff.compose import Density
 from compdiff.data import toy2d
 from compdiff.models import is_energy
@@ -348,7 +349,17 @@ def _run_composition(ctx: _Context, ci: int, name: str) -> list[dict]:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Builds the whole table in ``workdir``; returns what it writes to ``table2d.json``."""
+    """Builds the whole table in ``workdir``; returns what it writes to ``table2d.json``.
+
+    Holds ``workdir``'s lock throughout (:mod:`compdiff.workdir`; each model's
+    training locks its own ``models/...`` subdirectory): a second build on the
+    same directory raises :class:`~compdiff.workdir.WorkdirInUse` at once.
+    """
+    with workdir_lib.lock(workdir):
+        return _run_locked(config, workdir)
+
+
+def _run_locked(config: ml_collections.ConfigDict, workdir: str) -> dict:
     t_start = time.time()
     for sub in ("samples", "figures"):
         os.makedirs(os.path.join(workdir, sub), exist_ok=True)

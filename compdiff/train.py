@@ -44,16 +44,39 @@ Work directory::
                      absolute, and ``data.dataset`` is "" when a path was given
     metrics.jsonl    one JSON line per log: step, loss, steps_per_sec, elapsed_s
     checkpoints/N/   orbax checkpoints of the TrainState after N steps (the last few)
+    checkpoints/N.corrupt/   a checkpoint that did not restore, moved aside (never deleted)
+                     when an older one did, so that the run resumes and may save step N
+                     again (``N.corrupt.2``, ... if the name is taken)
+    LOCK             flock'ed by the training that uses the directory, with its pid, host
+                     and start time; empty when free (:mod:`compdiff.workdir`)
+
+Surviving a kill (kill -9 included) at any moment:
+
+- a second process on the directory fails at once (:class:`compdiff.workdir.WorkdirInUse`),
+  and the lock of a killed one is taken over with a warning;
+- orbax saves checkpoint N into ``N.orbax-checkpoint-tmp-<time>`` and renames it to ``N``
+  once complete (``AtomicRenameTemporaryPath``, orbax's default on a local file system); the
+  step listing ignores unrenamed ones and the next run deletes them
+  (``cleanup_tmp_directories``), so a kill mid-save loses that save only;
+- ``config.json`` and the truncation of ``metrics.jsonl`` are written to a ``.tmp`` file
+  and renamed, and a metrics line torn by a kill is dropped when resuming;
+- resuming restores the newest checkpoint that restores (a damaged one: a warning line,
+  moved aside, the next older one; none: one ValueError naming each one's reason) and drops
+  the metrics lines after it, so the metrics log every step once and the run ends
+  bit-identical to an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import json
 import logging as std_logging
 import math
 import os
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import flax.struct
@@ -67,6 +90,7 @@ from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from compdiff import schedules
+from compdiff import workdir as workdir_lib
 from compdiff.compose import Density
 from compdiff.data import points, toy2d
 from compdiff.models.diffusion import ApplyFn, DiffusionModel, LinenApply, predict
@@ -272,6 +296,14 @@ def _write_metrics(workdir: str, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+def _write_atomically(path: str, text: str) -> None:
+    """Replaces ``path`` by ``text`` all at once: a kill leaves the old file or the new one."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
 def _log(workdir: str, step: int, steps: int, losses: list[Array], rate: float,
          elapsed: float) -> None:
     """Console line and a metrics.jsonl record for the steps since the last log."""
@@ -287,10 +319,16 @@ def _truncate_metrics(workdir: str, step: int) -> None:
     path = os.path.join(workdir, "metrics.jsonl")
     if not os.path.exists(path):
         return
+    kept = []
     with open(path) as f:
-        lines = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-    with open(path, "w") as f:
-        f.writelines(lines)
+        for line in f:
+            try:
+                record = json.loads(line)
+            except ValueError:  # a line torn by a kill mid-write (the last one): drop it
+                continue
+            if record["step"] <= step:
+                kept.append(json.dumps(record) + "\n")
+    _write_atomically(path, "".join(kept))
 
 
 def _manager(workdir: str, keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
@@ -303,16 +341,117 @@ def _manager(workdir: str, keep: int = 3, read_only: bool = False) -> ocp.Checkp
     return ocp.CheckpointManager(directory, options=options)
 
 
+def _failure_reason(e: BaseException) -> str:
+    """One line for a failed restore: the innermost cause, whose message is the specific one.
+
+    Orbax wraps tensorstore errors in messages that dump the whole store spec.
+    """
+    while e.__cause__ is not None:
+        e = e.__cause__
+    line = (str(e).strip().splitlines() or [""])[0]
+    line = line.split(" See full TensorStore details")[0]
+    return f"{type(e).__name__}: {line[:300]}"
+
+
+class _DrainingLoop(asyncio.SelectorEventLoop):
+    """An event loop that lets its pending tasks finish before it closes.
+
+    Orbax runs a restore on a fresh loop and closes it as soon as one array
+    read fails, while the reads of the other arrays are in flight: tensorstore
+    then completes them into the closed loop, printing "Event loop is closed"
+    tracebacks and "Task exception was never retrieved" errors from its threads
+    for seconds afterwards (the noise around a corrupt checkpoint). Draining
+    first lets every read fail or finish inside the loop.
+    """
+
+    def close(self) -> None:
+        if not self.is_closed() and not self.is_running():
+            pending = asyncio.all_tasks(self)
+            if pending:
+                self.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        super().close()
+
+
+@contextlib.contextmanager
+def _draining_event_loops() -> Iterator[None]:
+    """Makes ``asyncio.new_event_loop`` (orbax's restore loops) return a :class:`_DrainingLoop`."""
+    policy = asyncio.get_event_loop_policy()
+    if getattr(policy, "_loop_factory", None) is not asyncio.SelectorEventLoop:
+        yield  # an unusual policy (uvloop, ...): leave it alone, at worst the noise returns
+        return
+    policy._loop_factory = _DrainingLoop  # an instance attribute over the class's
+    try:
+        yield
+    finally:
+        del policy._loop_factory
+
+
 def _restore(manager: ocp.CheckpointManager, step: int, abstract: TrainState,
              sharding: NamedSharding) -> TrainState:
-    path = os.path.join(str(manager.directory), str(step))
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
                             abstract)
-    try:
+    with _draining_event_loops():
         return manager.restore(step, args=ocp.args.StandardRestore(abstract))
-    except Exception as e:  # orbax and tensorstore raise many types for a damaged checkpoint
-        raise ValueError(f"cannot restore checkpoint {path} (corrupt, or not written by "
-                         f"this config): {type(e).__name__}: {e}") from e
+
+
+def _move_aside(path: str) -> str:
+    """Renames a checkpoint that does not restore to ``N.corrupt`` (``N.corrupt.2``, ...).
+
+    Not a step name to orbax, so the next save may reuse the step; kept, never
+    deleted, so that whoever cares can inspect it.
+    """
+    target, k = f"{path}.corrupt", 1
+    while os.path.exists(target):
+        k += 1
+        target = f"{path}.corrupt.{k}"
+    os.rename(path, target)
+    return target
+
+
+def _restore_newest(workdir: str, abstract: TrainState, sharding: NamedSharding, *,
+                    keep: int = 3, read_only: bool = False
+                    ) -> tuple[ocp.CheckpointManager, int, TrainState]:
+    """The newest checkpoint that restores: ``(manager, step, state)``.
+
+    A checkpoint that fails is skipped for the next older one, with one
+    warning line (its path, the reason, what became of it). Training
+    (``read_only=False``) then moves the failed newer ones aside
+    (:func:`_move_aside`) and returns a fresh manager: the old one still
+    lists the moved steps, and would refuse to save them again or try to
+    delete them. Nothing is moved unless an older
+    checkpoint restored: when none does, the cause may be ours (another
+    orbax, a wrong config) rather than the files, so we raise one ValueError
+    naming the directory and every reason, and leave the directory as it was.
+    ``load_model`` (``read_only=True``, perhaps beside a running training)
+    never moves anything. The caller closes the returned manager.
+    """
+    manager = _manager(workdir, keep=keep, read_only=read_only)
+    failed: list[tuple[str, str]] = []  # (path, reason), newest first
+    try:
+        for step in sorted(manager.all_steps(), reverse=True):
+            try:
+                state = _restore(manager, step, abstract, sharding)
+            except Exception as e:  # orbax and tensorstore raise many types for bad files
+                failed.append((os.path.join(str(manager.directory), str(step)),
+                               _failure_reason(e)))
+                continue
+            if not failed:
+                return manager, step, state
+            manager.close()
+            for path, reason in failed:  # one line each, once we know what happens to it
+                fate = "left in place" if read_only else f"moved to {_move_aside(path)}"
+                logging.warning("Checkpoint %s does not restore (%s); %s, using step %d",
+                                path, reason, fate, step)
+            return _manager(workdir, keep=keep, read_only=read_only), step, state
+    except BaseException:
+        manager.close()
+        raise
+    manager.close()
+    if not failed:
+        raise FileNotFoundError(f"no checkpoints in {manager.directory}")
+    reasons = "; ".join(f"{os.path.basename(p)}: {r}" for p, r in failed)
+    raise ValueError(f"no checkpoint in {manager.directory} restores (corrupt, or not written "
+                     f"by this config): {reasons}")
 
 
 def _abstract_state(config: ml_collections.ConfigDict, network: ResidualMLP) -> TrainState:
@@ -327,8 +466,13 @@ def _replicated() -> NamedSharding:
 def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     """Trains ``config`` in ``workdir``, resuming from its latest checkpoint if there is one.
 
-    Returns the final :class:`TrainState`; a finished run returns its last
-    checkpoint without training.
+    Resumes from the newest checkpoint that restores: newer ones that do not
+    are moved aside as ``N.corrupt`` with a warning, and metrics.jsonl drops
+    the lines after the step resumed from. Holds the work directory's lock
+    (:mod:`compdiff.workdir`) throughout: raises
+    :class:`~compdiff.workdir.WorkdirInUse` at once if another live process
+    holds it. Returns the final :class:`TrainState`; a finished run returns
+    its last checkpoint without training.
     """
     workdir = os.path.abspath(workdir)
     tc = config.train
@@ -342,22 +486,32 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     config = resolve_config(config, data)
     network = make_network(config)
 
-    os.makedirs(workdir, exist_ok=True)
+    with workdir_lib.lock(workdir):  # before the manager, whose cleanup deletes tmp saves
+        return _train_locked(config, workdir, schedule, data, network)
+
+
+def _train_locked(config: ml_collections.ConfigDict, workdir: str,
+                  schedule: schedules.Schedule, data: Density | points.Points,
+                  network: ResidualMLP) -> TrainState:
+    """:func:`train` once it holds the work directory's lock."""
+    tc = config.train
     replicated = _replicated()
     if isinstance(data, points.Points):  # on every device once, not copied there every step
         data = jax.device_put(data, replicated)
     init_key, data_key = jax.random.split(jax.random.key(tc.seed))
-    manager = _manager(workdir, keep=tc.keep_checkpoints)
+    manager: ocp.CheckpointManager | None = _manager(workdir, keep=tc.keep_checkpoints)
     try:
-        latest = manager.latest_step()
-        if latest is None:
+        if manager.latest_step() is None:
             state = init_state(config, network, init_key)
         else:
             _check_resumable(workdir, config)
-            state = _restore(manager, latest, _abstract_state(config, network), replicated)
+            manager.close()  # a fresh one comes back: see _restore_newest
+            manager = None
+            manager, latest, state = _restore_newest(
+                workdir, _abstract_state(config, network), replicated,
+                keep=tc.keep_checkpoints)
             logging.info("Resuming from step %d (%s)", latest, manager.directory)
-        with open(_config_path(workdir), "w") as f:
-            f.write(config.to_json(indent=2))
+        _write_atomically(_config_path(workdir), config.to_json(indent=2))
         state = jax.device_put(state, replicated)
         start = int(state.step)
         _truncate_metrics(workdir, start)
@@ -370,9 +524,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
             sharding=NamedSharding(replicated.mesh, PartitionSpec("batch")))
         return _run(state, step_fn, data_key, data, schedule, manager, workdir, tc, start)
     finally:
-        # Also on Ctrl-C: let an in-flight save finish so the next run resumes from it.
-        manager.wait_until_finished()
-        manager.close()
+        if manager is not None:
+            # Also on Ctrl-C: let an in-flight save finish so the next run resumes from it.
+            manager.wait_until_finished()
+            manager.close()
 
 
 def _run(state: TrainState, step_fn, data_key: Array, data, schedule: schedules.Schedule,
@@ -401,7 +556,11 @@ def _run(state: TrainState, step_fn, data_key: Array, data, schedule: schedules.
 
 
 def load_model(workdir: str, use_ema: bool = True) -> DiffusionModel:
-    """The model trained in ``workdir`` at its latest checkpoint.
+    """The model trained in ``workdir`` at its latest checkpoint that restores.
+
+    A newer checkpoint that does not restore is skipped with a warning and
+    left in place (a training may be running there; it moves such
+    checkpoints aside itself when it resumes).
 
     Parameters: the bias-corrected EMA by default, else the last iterate. Needs
     only ``workdir`` (its config.json and checkpoints), not the training data.
@@ -412,19 +571,14 @@ def load_model(workdir: str, use_ema: bool = True) -> DiffusionModel:
     config = _read_config(workdir)
     if not os.path.isdir(os.path.join(workdir, "checkpoints")):
         raise FileNotFoundError(f"no checkpoints in {workdir}")
-    manager = _manager(workdir, read_only=True)
     try:
-        step = manager.latest_step()
-        if step is None:
-            raise FileNotFoundError(f"no checkpoints in {manager.directory}")
-        try:
-            network = make_network(config)
-        except ValueError as e:
-            raise ValueError(f"cannot rebuild the model of {workdir} from "
-                             f"{_config_path(workdir)}: {e}") from e
-        state = _restore(manager, step, _abstract_state(config, network), _replicated())
-    finally:
-        manager.close()
+        network = make_network(config)
+    except ValueError as e:
+        raise ValueError(f"cannot rebuild the model of {workdir} from "
+                         f"{_config_path(workdir)}: {e}") from e
+    manager, _, state = _restore_newest(workdir, _abstract_state(config, network), _replicated(),
+                                        read_only=True)
+    manager.close()
     return build_model(config, state.ema_params if use_ema else state.params)
 
 
