@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
-from compdiff import samplers, schedules, table2d, train
+from compdiff import cli, samplers, schedules, table2d, train
 from compdiff.models.mlp import NORMS
 from compdiff.runtime import configure_cpu
 from configs import toy2d
@@ -320,4 +320,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

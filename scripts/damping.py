@@ -20,12 +20,12 @@ import time
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 
-from compdiff import oracles, samplers, schedules
+from compdiff import cli, oracles, samplers, schedules
 from compdiff.testing import min_ks_pvalue
 
-_NUM = flags.DEFINE_integer("num", 4000, "Chains per run.")
+_NUM = flags.DEFINE_integer("num", 4000, "Chains per run.", lower_bound=1)
 _OUT = flags.DEFINE_string("out", None, "Optional JSON output path.")
 DAMPINGS = (0.0, 0.25, 0.5, 0.7, 0.9)
 STEPS = (3, 10)
@@ -72,4 +72,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -13,14 +13,15 @@ import json
 import time
 
 import jax
-from absl import app, flags
+from absl import flags
 
-from compdiff import diagnostics, samplers, schedules
+from compdiff import cli, diagnostics, samplers, schedules
 from compdiff.data import toy2d
 
-_SEEDS = flags.DEFINE_integer("seeds", 5, "Seeds per composition.")
-_NUM = flags.DEFINE_integer("num", 1000, "Chains per annealed run.")
-_LEVELS = flags.DEFINE_integer("levels", 100, "Levels of the linear schedule.")
+_SEEDS = flags.DEFINE_integer("seeds", 5, "Seeds per composition.", lower_bound=1)
+_NUM = flags.DEFINE_integer("num", 1000, "Chains per annealed run.", lower_bound=1)
+_LEVELS = flags.DEFINE_integer("levels", 100, "Levels of the linear schedule.",
+                                lower_bound=1)
 _OUT = flags.DEFINE_string("out", None, "Optional JSON output path.")
 
 # (name, expression over datasets as a function of a getter, empty by construction)
@@ -73,4 +74,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

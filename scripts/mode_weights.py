@@ -15,13 +15,13 @@ import time
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 
-from compdiff import oracles, samplers, schedules
+from compdiff import cli, oracles, samplers, schedules
 from compdiff.runtime import configure_cpu
 from compdiff.testing import min_ks_pvalue
 
-_NUM = flags.DEFINE_integer("num", 4000, "chains per sampler")
+_NUM = flags.DEFINE_integer("num", 4000, "chains per sampler", lower_bound=1)
 _MARKDOWN = flags.DEFINE_string("markdown", None, "also write the table to this file")
 
 SAMPLERS = {
@@ -70,4 +70,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

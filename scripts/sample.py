@@ -26,7 +26,7 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from compdiff import diagnostics, exact, expr, metrics, plots, samplers, schedules, train
+from compdiff import cli, diagnostics, exact, expr, metrics, plots, samplers, schedules, train
 from compdiff.data import toy2d
 from compdiff.runtime import configure_cpu
 
@@ -122,37 +122,34 @@ def main(argv: list[str]) -> None:
     if text is None:
         raise app.UsageError("with several models, --composition must say how to combine them")
     level = int(_LEVEL.value or (1 if _EXACT.value else 0))
-    try:
-        options = {} if _DAMPING.value is None else {"damping": _DAMPING.value}
-        sampler = samplers.get(_SAMPLER.value, steps_per_level=_STEPS.value,
-                               leapfrog=_LEAPFROG.value,
-                               step=samplers.StepRule(_STEP.value, _STEP_B.value),
-                               mass=samplers.MassRule(_MASS.value, _MASS_P.value),
-                               resample_ess=_RESAMPLE.value, **options)
-        leaves, schedule = _load(specs)
-        target = expr.parse(text, leaves)
-        improper = target.has_log_prob and diagnostics.improper_reason(target, 1)
-        if improper and not _ALLOW_IMPROPER.value:
-            raise ValueError(f"{improper}. There is no distribution to sample; "
-                             "--allow_improper samples it anyway")
-        key = jax.random.PRNGKey(_SEED.value)
-        if _TARGET_ACCEPT.value > 0:
-            sampler = samplers.tune_step(target, sampler, schedule, jax.random.fold_in(key, 1),
-                                         _TARGET_ACCEPT.value)
-            logging.info("tuned step size: %g", sampler.step.a)
-        x, stats = samplers.sample(target, sampler, schedule, key, _NUM.value,
-                                   denoise=level == 0)
-        x = np.asarray(x)
-        verdict = None
-        if _VERDICT.value and sampler.spec.needs_log_prob:
-            verdict = diagnostics.mass_verdict(target, sampler, schedule,
-                                               jax.random.fold_in(key, 3), min(_NUM.value, 1000))
-        reference = None
-        if _EXACT.value:
-            oracles = {n: toy2d.get(_dataset(s), schedule) for n, s in specs.items()}
-            reference = exact.on_grid(expr.parse(text, oracles), level, extent=2.0)
-    except (ValueError, FileNotFoundError) as e:
-        raise app.UsageError(str(e)) from e
+    options = {} if _DAMPING.value is None else {"damping": _DAMPING.value}
+    sampler = samplers.get(_SAMPLER.value, steps_per_level=_STEPS.value,
+                           leapfrog=_LEAPFROG.value,
+                           step=samplers.StepRule(_STEP.value, _STEP_B.value),
+                           mass=samplers.MassRule(_MASS.value, _MASS_P.value),
+                           resample_ess=_RESAMPLE.value, **options)
+    leaves, schedule = _load(specs)
+    target = expr.parse(text, leaves)
+    improper = target.has_log_prob and diagnostics.improper_reason(target, 1)
+    if improper and not _ALLOW_IMPROPER.value:
+        raise ValueError(f"{improper}. There is no distribution to sample; "
+                         "--allow_improper samples it anyway")
+    key = jax.random.PRNGKey(_SEED.value)
+    if _TARGET_ACCEPT.value > 0:
+        sampler = samplers.tune_step(target, sampler, schedule, jax.random.fold_in(key, 1),
+                                     _TARGET_ACCEPT.value)
+        logging.info("tuned step size: %g", sampler.step.a)
+    x, stats = samplers.sample(target, sampler, schedule, key, _NUM.value,
+                               denoise=level == 0)
+    x = np.asarray(x)
+    verdict = None
+    if _VERDICT.value and sampler.spec.needs_log_prob:
+        verdict = diagnostics.mass_verdict(target, sampler, schedule,
+                                           jax.random.fold_in(key, 3), min(_NUM.value, 1000))
+    reference = None
+    if _EXACT.value:
+        oracles = {n: toy2d.get(_dataset(s), schedule) for n, s in specs.items()}
+        reference = exact.on_grid(expr.parse(text, oracles), level, extent=2.0)
 
     os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
     np.savez(_OUT.value + ".npz", x=x)
@@ -188,4 +185,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

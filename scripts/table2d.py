@@ -11,7 +11,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from compdiff import table2d, train
+from compdiff import cli, table2d, train
 from compdiff.runtime import configure_cpu
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Table config file[:variant].",
@@ -31,4 +31,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

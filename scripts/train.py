@@ -7,7 +7,7 @@
 from absl import app, flags
 from ml_collections import config_flags
 
-from compdiff import train
+from compdiff import cli, train
 from compdiff.runtime import configure_cpu
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file[:variant].",
@@ -21,11 +21,8 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     train.quiet_orbax_logs()
-    try:
-        train.train(_CONFIG.value, _WORKDIR.value)
-    except (ValueError, FileNotFoundError) as e:  # a bad config or data file: one line, no trace
-        raise app.UsageError(str(e)) from e
+    train.train(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)
