@@ -109,8 +109,6 @@ def message(error: BaseException) -> str:
     it belongs to.
     """
     text = str(error).strip()
-    if isinstance(error, KeyError) and len(error.args) == 1:
-        text = str(error.args[0])
     if "Traceback (most recent call last)" in text:
         head = text.split("\n", 1)[0]
         head = head.split("Error whilst parsing config file", 1)[0].strip().rstrip(":").strip()
