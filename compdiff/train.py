@@ -75,6 +75,7 @@ import json
 import logging as std_logging
 import math
 import os
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -372,18 +373,31 @@ class _DrainingLoop(asyncio.SelectorEventLoop):
         super().close()
 
 
+_draining_users = [0]  # how many threads are inside _draining_event_loops
+_draining_lock = threading.Lock()
+
+
 @contextlib.contextmanager
 def _draining_event_loops() -> Iterator[None]:
-    """Makes ``asyncio.new_event_loop`` (orbax's restore loops) return a :class:`_DrainingLoop`."""
+    """Makes ``asyncio.new_event_loop`` (orbax's restore loops) return a :class:`_DrainingLoop`.
+
+    Set on the default policy's instance (over its class attribute) while any
+    thread restores; harmless to other threads' loops in the meantime.
+    """
     policy = asyncio.get_event_loop_policy()
-    if getattr(policy, "_loop_factory", None) is not asyncio.SelectorEventLoop:
+    if not isinstance(policy, asyncio.DefaultEventLoopPolicy):
         yield  # an unusual policy (uvloop, ...): leave it alone, at worst the noise returns
         return
-    policy._loop_factory = _DrainingLoop  # an instance attribute over the class's
+    with _draining_lock:
+        _draining_users[0] += 1
+        policy._loop_factory = _DrainingLoop
     try:
         yield
     finally:
-        del policy._loop_factory
+        with _draining_lock:
+            _draining_users[0] -= 1
+            if not _draining_users[0]:
+                del policy._loop_factory
 
 
 def _restore(manager: ocp.CheckpointManager, step: int, abstract: TrainState,
