@@ -431,8 +431,8 @@ def _restore_newest(workdir: str, abstract: TrainState, sharding: NamedSharding,
     warning line (its path, the reason, what became of it). Training
     (``read_only=False``) then moves the failed newer ones aside
     (:func:`_move_aside`) and returns a fresh manager: the old one still
-    lists the moved steps, and would refuse to save them again or try to
-    delete them. Nothing is moved unless an older
+    lists the moved steps, and would silently skip saving them again (seen
+    with orbax 0.12) or try to delete them. Nothing is moved unless an older
     checkpoint restored: when none does, the cause may be ours (another
     orbax, a wrong config) rather than the files, so we raise one ValueError
     naming the directory and every reason, and leave the directory as it was.
@@ -441,31 +441,31 @@ def _restore_newest(workdir: str, abstract: TrainState, sharding: NamedSharding,
     """
     manager = _manager(workdir, keep=keep, read_only=read_only)
     failed: list[tuple[str, str]] = []  # (path, reason), newest first
+    found: tuple[int, TrainState] | None = None
     try:
         for step in sorted(manager.all_steps(), reverse=True):
             try:
-                state = _restore(manager, step, abstract, sharding)
+                found = step, _restore(manager, step, abstract, sharding)
+                break
             except Exception as e:  # orbax and tensorstore raise many types for bad files
                 failed.append((os.path.join(str(manager.directory), str(step)),
                                _failure_reason(e)))
-                continue
-            if not failed:
-                return manager, step, state
+    finally:
+        if found is None or failed:
             manager.close()
-            for path, reason in failed:  # one line each, once we know what happens to it
-                fate = "left in place" if read_only else f"moved to {_move_aside(path)}"
-                logging.warning("Checkpoint %s does not restore (%s); %s, using step %d",
-                                path, reason, fate, step)
-            return _manager(workdir, keep=keep, read_only=read_only), step, state
-    except BaseException:
-        manager.close()
-        raise
-    manager.close()
-    if not failed:
+    if found is None and not failed:
         raise FileNotFoundError(f"no checkpoints in {manager.directory}")
-    reasons = "; ".join(f"{os.path.basename(p)}: {r}" for p, r in failed)
-    raise ValueError(f"no checkpoint in {manager.directory} restores (corrupt, or not written "
-                     f"by this config): {reasons}")
+    if found is None:
+        reasons = "; ".join(f"{os.path.basename(p)}: {r}" for p, r in failed)
+        raise ValueError(f"no checkpoint in {manager.directory} restores (corrupt, or not "
+                         f"written by this config): {reasons}")
+    if not failed:
+        return manager, *found
+    for path, reason in failed:  # one line each, once we know what becomes of it
+        fate = "left in place" if read_only else f"moved to {_move_aside(path)}"
+        logging.warning("Checkpoint %s does not restore (%s); %s, using step %d",
+                        path, reason, fate, found[0])
+    return _manager(workdir, keep=keep, read_only=read_only), *found
 
 
 def _abstract_state(config: ml_collections.ConfigDict, network: ResidualMLP) -> TrainState:

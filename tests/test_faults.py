@@ -275,3 +275,11 @@ def test_locks_are_per_directory(tmp_path, caplog):
         with workdir_lib.lock(sub):  # released on exit
             pass
     assert "Taking over" not in caplog.text
+
+
+def test_a_metrics_line_torn_by_a_kill_is_dropped_on_resume(tmp_path):
+    lines = [json.dumps({"step": s, "loss": 1.0}) + "\n" for s in (10, 20, 30)]
+    (tmp_path / "metrics.jsonl").write_text("".join(lines) + '{"step": 40, "lo')
+    train_lib._truncate_metrics(str(tmp_path), 20)
+    assert (tmp_path / "metrics.jsonl").read_text() == "".join(lines[:2])
+    assert sorted(os.listdir(tmp_path)) == ["metrics.jsonl"]  # its .tmp renamed over it
