@@ -56,8 +56,8 @@ Surviving a kill (kill -9 included) at any moment:
   and the lock of a killed one is taken over with a warning;
 - orbax saves checkpoint N into ``N.orbax-checkpoint-tmp-<time>`` and renames it to ``N``
   once complete (``AtomicRenameTemporaryPath``, orbax's default on a local file system); the
-  step listing ignores unrenamed ones and the next run deletes them
-  (``cleanup_tmp_directories``), so a kill mid-save loses that save only;
+  step listing ignores unrenamed ones and the next run deletes them first thing, so a kill
+  mid-save loses that save only;
 - ``config.json`` and the truncation of ``metrics.jsonl`` are written to a ``.tmp`` file
   and renamed, and a metrics line torn by a kill is dropped when resuming;
 - resuming restores the newest checkpoint that restores (a damaged one: a warning line,
@@ -75,6 +75,7 @@ import json
 import logging as std_logging
 import math
 import os
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -337,9 +338,29 @@ def _manager(workdir: str, keep: int = 3, read_only: bool = False) -> ocp.Checkp
     if read_only:
         options = ocp.CheckpointManagerOptions(read_only=True, create=False,
                                                save_interval_steps=0, max_to_keep=None)
-    else:  # cleanup: unfinished saves of a killed run
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, cleanup_tmp_directories=True)
+    else:  # not cleanup_tmp_directories: see _remove_unfinished_saves
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep)
     return ocp.CheckpointManager(directory, options=options)
+
+
+# Orbax's atomicity_types.TMP_DIR_SUFFIX: a save is written to N<suffix>[-time], renamed to N.
+_TMP_DIR_SUFFIX = ".orbax-checkpoint-tmp"
+
+
+def _remove_unfinished_saves(workdir: str) -> None:
+    """Deletes the tmp directories of saves that a kill interrupted.
+
+    Done here, at once, under the work directory's lock (so no save is in
+    flight), rather than by orbax's ``cleanup_tmp_directories``: that runs in
+    the background of each new manager, and two of them (the fallback in
+    :func:`_restore_newest` opens a second) race to rmtree the same
+    directory, failing the first save with FileNotFoundError.
+    """
+    directory = os.path.join(workdir, "checkpoints")
+    if os.path.isdir(directory):
+        for name in os.listdir(directory):
+            if _TMP_DIR_SUFFIX in name:
+                shutil.rmtree(os.path.join(directory, name))
 
 
 def _failure_reason(e: BaseException) -> str:
@@ -513,6 +534,7 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: str,
     if isinstance(data, points.Points):  # on every device once, not copied there every step
         data = jax.device_put(data, replicated)
     init_key, data_key = jax.random.split(jax.random.key(tc.seed))
+    _remove_unfinished_saves(workdir)
     manager: ocp.CheckpointManager | None = _manager(workdir, keep=tc.keep_checkpoints)
     try:
         if manager.latest_step() is None:
