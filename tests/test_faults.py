@@ -138,6 +138,14 @@ def test_kill_during_a_save_resumes_to_identical_state(reference, tmp_path, capl
     assert [n for n in checkpoint_names(workdir) if _TMP not in n] == ["20"]
     assert metric_steps(workdir)[:4] == [10, 20, 30, 40]  # logged beyond the checkpoint
 
+    # A rerun that saves other steps (train.* may change) still removes the unfinished save.
+    other = str(tmp_path.parent / "other_cadence")
+    shutil.copytree(workdir, other)
+    config = small_config()
+    config.train.checkpoint_every = 30
+    chex.assert_trees_all_equal(train_lib.train(config, other), reference[1])
+    assert checkpoint_names(other) == ["20", "30", "60"]
+
     caplog.set_level(logging.INFO, logger="absl")
     state = train_lib.train(small_config(), workdir)
     assert f"Taking over the lock of {workdir} from pid {proc.pid}" in caplog.text
