@@ -23,7 +23,7 @@ import chex
 import numpy as np
 import pytest
 
-from compdiff import table2d
+from compdiff import checkpoints, table2d
 from compdiff import train as train_lib
 from compdiff import workdir as workdir_lib
 
@@ -233,7 +233,7 @@ def test_every_checkpoint_damaged_is_one_clear_error(at_40, tmp_path):
 def test_corrupt_name_taken_gets_a_suffix(tmp_path):
     for _ in range(3):
         (tmp_path / "40").mkdir()
-        train_lib._move_aside(str(tmp_path / "40"))
+        checkpoints.move_aside(str(tmp_path / "40"))
     assert sorted(os.listdir(tmp_path)) == ["40.corrupt", "40.corrupt.2", "40.corrupt.3"]
 
 
