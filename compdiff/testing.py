@@ -1,9 +1,14 @@
-"""Two-sample checks for comparing sampler output with exact samples."""
+"""What the tests and the measurement scripts share: two-sample checks against exact
+samples, the ring x bar product with its closed-form target, and a tiny training config."""
 
 from __future__ import annotations
 
+import ml_collections
 import numpy as np
 import scipy.stats
+
+from compdiff import oracles
+from compdiff.schedules import Schedule
 
 
 def min_ks_pvalue(x, y) -> float:
@@ -29,3 +34,28 @@ def mode_weights_tv(x, mixture) -> float:
     nearest = np.argmin(((x[:, None] - means[None]) ** 2).sum(-1), 1)
     freq = np.bincount(nearest, minlength=len(means)) / len(x)
     return float(0.5 * np.abs(freq - np.exp(np.asarray(mixture.log_weights, np.float64))).sum())
+
+
+def ring_and_bar(schedule: Schedule, bar_y: float = 0.0
+                 ) -> tuple[oracles.GaussianMixture, oracles.GaussianMixture,
+                            oracles.GaussianMixture]:
+    """``(ring, bar, exact level-1 product)``: RRR's 8-mode ring (std 0.05, radius 0.5)
+    and a wide bar centred at ``(0, bar_y)``; ``bar_y != 0`` gives the product's two
+    main modes unequal weights."""
+    angles = np.arange(8) * np.pi / 4
+    ring = oracles.gaussian_mixture(0.5 * np.stack([np.cos(angles), np.sin(angles)], -1), 0.05,
+                                    schedule, name="ring")
+    bar = oracles.gaussian_mixture([[0.0, bar_y]], [np.diag([0.25**2, 0.6**2])], schedule,
+                                   name="bar")
+    return ring, bar, oracles.gmm_product(ring.at_level(1), bar.at_level(1))
+
+
+def small_train_config(param: str = "eps", steps: int = 40) -> ml_collections.ConfigDict:
+    """``configs/toy2d.py`` on the ring, shrunk to train in seconds (tests only)."""
+    from configs import toy2d  # the config package sits beside compdiff
+
+    config = toy2d.get_config(f"dataset=ring,param={param}")
+    config.model.hidden, config.model.num_blocks = 32, 2
+    config.schedule.num_levels = 50
+    config.train.update(steps=steps, batch_size=128, log_every=10, checkpoint_every=20)
+    return config

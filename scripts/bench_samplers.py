@@ -47,9 +47,9 @@ from compdiff.models.mlp import NORMS
 from compdiff.runtime import configure_cpu
 from configs import toy2d
 
-_BATCH = flags.DEFINE_integer("batch", 1000, "chains per run")
-_LEVELS = flags.DEFINE_integer("levels", 100, "noise levels T")
-_STEPS = flags.DEFINE_integer("steps", 10, "kernel steps per level")
+_BATCH = flags.DEFINE_integer("batch", 1000, "chains per run", lower_bound=1)
+_LEVELS = flags.DEFINE_integer("levels", 100, "noise levels T", lower_bound=1)
+_STEPS = flags.DEFINE_integer("steps", 10, "kernel steps per level", lower_bound=1)
 _REPEATS = flags.DEFINE_integer("repeats", 3, "timed repetitions (best is reported)")
 _JSON = flags.DEFINE_string("json", None, "also write the results to this JSON file")
 _WIDEN = flags.DEFINE_integer("widen", 1, "model.widen: inner width of each residual block = "

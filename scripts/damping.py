@@ -23,7 +23,7 @@ import numpy as np
 from absl import flags
 
 from compdiff import cli, oracles, samplers, schedules
-from compdiff.testing import min_ks_pvalue
+from compdiff.testing import min_ks_pvalue, ring_and_bar
 
 _NUM = flags.DEFINE_integer("num", 4000, "Chains per run.", lower_bound=1)
 _OUT = flags.DEFINE_string("out", None, "Optional JSON output path.")
@@ -35,12 +35,7 @@ def main(argv: list[str]) -> None:
     del argv
     schedule = schedules.get("linear", 100)
     gauss = oracles.gaussian_mixture([[0.0, 0.0]], 0.2, schedule, name="gauss")
-    angles = np.arange(8) * np.pi / 4
-    ring = oracles.gaussian_mixture(0.5 * np.stack([np.cos(angles), np.sin(angles)], -1), 0.05,
-                                    schedule, name="ring")
-    bar = oracles.gaussian_mixture([[0.0, 0.0]], [np.diag([0.25**2, 0.6**2])], schedule,
-                                   name="bar")
-    product = oracles.gmm_product(ring.at_level(1), bar.at_level(1))
+    ring, bar, product = ring_and_bar(schedule)
     reference = product.sample(jax.random.PRNGKey(7), _NUM.value)
     var_exact = float(gauss.at_level(1).covs[0, 0, 0])
     rows, t0 = [], time.time()

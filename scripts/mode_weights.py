@@ -17,9 +17,9 @@ import jax
 import numpy as np
 from absl import flags
 
-from compdiff import cli, oracles, samplers, schedules
+from compdiff import cli, samplers, schedules
 from compdiff.runtime import configure_cpu
-from compdiff.testing import min_ks_pvalue
+from compdiff.testing import min_ks_pvalue, ring_and_bar
 
 _NUM = flags.DEFINE_integer("num", 4000, "chains per sampler", lower_bound=1)
 _MARKDOWN = flags.DEFINE_string("markdown", None, "also write the table to this file")
@@ -43,12 +43,7 @@ def main(argv):
     configure_cpu()
     del argv
     schedule = schedules.get("linear", 100)
-    angles = np.arange(8) * np.pi / 4
-    ring = oracles.gaussian_mixture(0.5 * np.stack([np.cos(angles), np.sin(angles)], -1), 0.05,
-                                    schedule, name="ring")
-    bar = oracles.gaussian_mixture([[0.0, 0.0]], [np.diag([0.25**2, 0.6**2])], schedule,
-                                   name="bar")
-    exact = oracles.gmm_product(ring.at_level(1), bar.at_level(1))
+    ring, bar, exact = ring_and_bar(schedule)
     weights = np.exp(np.asarray(exact.log_weights, np.float64))
     reference = exact.sample(jax.random.PRNGKey(7), _NUM.value)
     lines = ["| sampler | NFE | TV of mode weights | min KS p | seconds |", "|---|---|---|---|---|"]

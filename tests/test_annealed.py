@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from compdiff import compose, exact, oracles, samplers
+from compdiff import compose, exact, oracles, samplers, testing
 from compdiff.testing import min_ks_pvalue, mode_weights_tv
 
 NUM = 4000
@@ -18,11 +18,7 @@ NUM = 4000
 
 @pytest.fixture(scope="module")
 def ring_and_bar(schedule):
-    angles = np.arange(8) * np.pi / 4
-    ring = oracles.gaussian_mixture(0.5 * np.stack([np.cos(angles), np.sin(angles)], -1), 0.05,
-                                    schedule, name="ring")
-    bar = oracles.gaussian_mixture([[0.0, 0.0]], [np.diag([0.25**2, 0.6**2])], schedule,
-                                   name="bar")
+    ring, bar, _ = testing.ring_and_bar(schedule)
     return ring, bar
 
 

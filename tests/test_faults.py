@@ -26,6 +26,7 @@ import pytest
 from compdiff import checkpoints, table2d
 from compdiff import train as train_lib
 from compdiff import workdir as workdir_lib
+from compdiff.testing import small_train_config
 
 _ROOT = pathlib.Path(__file__).parent.parent
 _STEPS = 60
@@ -60,15 +61,7 @@ train.train(ml_collections.ConfigDict(json.loads(config)), workdir)
 
 
 def small_config(steps=_STEPS):
-    """tests/test_train.py's small config."""
-    spec = importlib.util.spec_from_file_location("toy2d_config", _ROOT / "configs" / "toy2d.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config("dataset=ring,param=eps")
-    config.model.hidden, config.model.num_blocks = 32, 2
-    config.schedule.num_levels = 50
-    config.train.update(steps=steps, batch_size=128, log_every=10, checkpoint_every=20)
-    return config
+    return small_train_config(steps=steps)
 
 
 def metric_steps(workdir):

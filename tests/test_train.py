@@ -14,6 +14,7 @@ import pytest
 from compdiff import train as train_lib
 from compdiff.models import DiffusionModel
 from compdiff.models.diffusion import LinenApply
+from compdiff.testing import small_train_config
 
 _CONFIG_FILE = pathlib.Path(__file__).parent.parent / "configs" / "toy2d.py"
 
@@ -25,12 +26,7 @@ def load_config_module():
     return module
 
 
-def small_config(param="eps", steps=40):
-    config = load_config_module().get_config(f"dataset=ring,param={param}")
-    config.model.hidden, config.model.num_blocks = 32, 2
-    config.schedule.num_levels = 50
-    config.train.update(steps=steps, batch_size=128, log_every=10, checkpoint_every=20)
-    return config
+small_config = small_train_config
 
 
 def metric_steps(workdir):

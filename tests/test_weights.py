@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from compdiff import oracles, samplers
+from compdiff import samplers
 from compdiff.compose import Density
-from compdiff.testing import min_ks_pvalue, mode_weights_tv
+from compdiff.testing import min_ks_pvalue, mode_weights_tv, ring_and_bar
 
 NUM = 4000
 
@@ -40,14 +40,9 @@ def test_importance_weights_have_mean_one_with_a_level_dependent_mass(skewed_gmm
 
 @pytest.fixture(scope="module")
 def ring_times_bar(schedule):
-    angles = np.arange(8) * np.pi / 4
-    ring = oracles.gaussian_mixture(0.5 * np.stack([np.cos(angles), np.sin(angles)], -1), 0.05,
-                                    schedule, name="ring")
     # Off centre, so the product's two modes have unequal weights (0.71 / 0.29):
     # a symmetric target hides weights that are counted twice.
-    bar = oracles.gaussian_mixture([[0.0, 0.15]], [np.diag([0.25**2, 0.6**2])], schedule,
-                                   name="bar")
-    exact = oracles.gmm_product(ring.at_level(1), bar.at_level(1))
+    ring, bar, exact = ring_and_bar(schedule, bar_y=0.15)
     return ring * bar, exact
 
 
