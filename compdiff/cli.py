@@ -15,8 +15,7 @@ user error into ``<script>: error: <message>`` on stderr and exit status 2
   input: unknown names, malformed expressions, a mixture of score-only
   models, mismatched dimensions, non-positive sizes) and ``OSError``
   (missing or unreadable files and checkpoints);
-* ``compdiff.workdir.WorkdirInUse`` (another run holds the work directory),
-  looked up only if that module was imported, so this file does not depend on it.
+* ``compdiff.workdir.WorkdirInUse`` (another run holds the work directory).
 
 Any other exception is a bug and keeps its traceback. ``--verbose`` (or
 ``COMPDIFF_TRACEBACK=1``) prints the traceback of a user error too, for a
@@ -38,6 +37,8 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from absl import app, flags, logging
+
+from compdiff.workdir import WorkdirInUse
 
 TRACEBACK_ENV = "COMPDIFF_TRACEBACK"
 USAGE_EXIT = 2
@@ -82,12 +83,7 @@ def quiet_logs() -> None:
 
 def user_error_types() -> tuple[type[BaseException], ...]:
     """The exception types reported as one line; every other type is a bug."""
-    types: list[type[BaseException]] = [app.UsageError, flags.Error, ValueError, OSError]
-    workdir = sys.modules.get("compdiff.workdir")  # raised only if imported: no import here
-    busy = getattr(workdir, "WorkdirInUse", None)
-    if isinstance(busy, type) and issubclass(busy, BaseException):
-        types.append(busy)
-    return tuple(types)
+    return (app.UsageError, flags.Error, ValueError, OSError, WorkdirInUse)
 
 
 def _chain(error: BaseException) -> list[BaseException]:

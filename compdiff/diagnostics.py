@@ -58,6 +58,12 @@ OVERLAP_THRESHOLD = -3.0
 NEGATION_THRESHOLD = math.log(2.0)
 
 
+# Module-level, so a density checked again (every sampler of a table row) reuses the compiled
+# program instead of tracing a new lambda each time.
+_log_prob = jax.jit(lambda density, x, t: density.log_prob(x, t))
+_score = jax.jit(lambda density, x, t: density.score(x, t))
+
+
 def _directions(dim: int, num_rays: int, key: Array) -> np.ndarray:
     if dim == 2:
         angles = 2 * np.pi * np.arange(num_rays) / num_rays
@@ -81,11 +87,11 @@ def improper_reason(density: Density, t: int = 1, *, extent: float = 2.0, num_ra
     points = (radii[None, :, None] * u[:, None, :]).reshape(-1, density.dim).astype(np.float32)
     level = jnp.int32(t)
     if density.has_log_prob:
-        log_p = np.asarray(jax.jit(lambda d, x: d.log_prob(x, level))(density, points),
-                           np.float64).reshape(num_rays, len(radii))
+        log_p = np.asarray(_log_prob(density, points, level), np.float64).reshape(num_rays,
+                                                                                  len(radii))
         growing = np.all(np.diff(log_p, axis=1) > 0, axis=1)
     else:
-        score = np.asarray(jax.jit(lambda d, x: d.score(x, level))(density, points), np.float64)
+        score = np.asarray(_score(density, points, level), np.float64)
         radial = np.sum(score.reshape(num_rays, len(radii), -1) * u[:, None, :], -1)
         growing = np.all(radial > 0, axis=1)
     if not growing.any():

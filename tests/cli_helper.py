@@ -3,7 +3,7 @@
     python tests/cli_helper.py --error=zero|value|busy
 
 ``zero`` is a bug (ZeroDivisionError: traceback, not status 2); ``value`` a
-user error; ``busy`` a :class:`compdiff.workdir.WorkdirInUse` (needs that module).
+user error; ``busy`` a :class:`compdiff.workdir.WorkdirInUse`.
 """
 
 from absl import flags

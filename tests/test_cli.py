@@ -4,7 +4,6 @@ Each case runs a script as a subprocess (each imports jax, a few seconds), so
 the cases pick errors that surface before any heavy work.
 """
 
-import importlib.util
 import os
 import pathlib
 import shutil
@@ -15,7 +14,6 @@ import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-HAS_WORKDIR_LOCK = importlib.util.find_spec("compdiff.workdir") is not None
 
 
 def run_script(script: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -128,15 +126,11 @@ def test_user_error_is_one_line(request, script, args, expected):
     assert_one_line(run_script(script, *args), script, expected.format(**paths))
 
 
-@pytest.mark.skipif(not HAS_WORKDIR_LOCK, reason="compdiff.workdir does not exist yet")
 def test_busy_workdir_is_one_line():
     proc = run_script("tests/cli_helper.py", "--error=busy")
     assert_one_line(proc, "cli_helper.py", "runs/x is in use by pid 1")
 
 
-@pytest.mark.skipif(not HAS_WORKDIR_LOCK
-                    or "workdir_lib.lock" not in (ROOT / "compdiff/train.py").read_text(),
-                    reason="train.py does not lock its workdir yet")
 def test_busy_workdir_train(tmp_path):
     from compdiff import workdir
 
