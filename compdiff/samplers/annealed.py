@@ -131,19 +131,19 @@ def _maybe_resample(state: kernels.ChainState, log_w: Array, key: Array, thresho
     """Systematic resampling when the ESS drops below ``threshold * num``.
 
     Resampled chains carry the mean weight, so ``logmeanexp(log_w)`` stays an
-    estimate of the log normalizer ratio. With every weight zero nothing is
-    resampled (the caller reports it). Returns ``(state, log_w, ess)``.
+    estimate of the log normalizer ratio. With every weight zero the ESS is 0
+    and the caller raises. Returns ``(state, log_w, ess)``.
     """
     num = log_w.shape[0]
     log_w = finite_log_weights(log_w)
     ess = effective_sample_size(log_w)
-    alive = ess > 0
-    cdf = jnp.cumsum(jax.nn.softmax(jnp.where(alive, log_w, 0.0)))
+    # Uniform when every weight is zero, so the indices stay defined until the caller raises.
+    cdf = jnp.cumsum(jax.nn.softmax(jnp.where(ess > 0, log_w, 0.0)))
     positions = (jax.random.uniform(key) + jnp.arange(num)) / num
     idx = jnp.minimum(jnp.searchsorted(cdf, positions), num - 1)
     resampled = jax.tree_util.tree_map(lambda a: constrain(a[idx]), state)
     log_mean = jax.nn.logsumexp(log_w) - jnp.log(num)
-    do = alive & (force | (ess < threshold * num))
+    do = force | (ess < threshold * num)
     state = jax.tree_util.tree_map(lambda a, b: jnp.where(do, a, b), resampled, state)
     return state, jnp.where(do, jnp.full_like(log_w, log_mean), log_w), ess
 
