@@ -40,16 +40,18 @@ samplers.register("wrong_mala", _mala_with_wrong_proposal_variance, needs_log_pr
 
 @flax.struct.dataclass
 class _Walled(Density):
-    """``inner`` with log-density ``wall`` and a NaN score on the half-plane ``x > 0``."""
+    """``inner`` with log-density ``wall`` and score ``wall_score`` on the half-plane ``x > 0``."""
 
     inner: Density
     wall: float = flax.struct.field(pytree_node=False, default=-float("inf"))
+    wall_score: float = flax.struct.field(pytree_node=False, default=float("nan"))
     dim: int = flax.struct.field(pytree_node=False, default=2)
     has_log_prob: bool = flax.struct.field(pytree_node=False, default=True)
 
     def log_prob_and_score(self, x, t):
         log_p, score = self.inner.log_prob_and_score(x, t)
-        return jnp.where(x[:, 0] > 0, self.wall, log_p), jnp.where(x[:, :1] > 0, jnp.nan, score)
+        return (jnp.where(x[:, 0] > 0, self.wall, log_p),
+                jnp.where(x[:, :1] > 0, self.wall_score, score))
 
 
 def _chain_pvalue(target, sampler, schedule):
@@ -82,12 +84,13 @@ def test_wrong_or_unadjusted_kernels_fail_the_same_test(sampler, skewed_gmm, sch
     assert pvalue < 1e-6, f"the test cannot tell {sampler.name} from a correct kernel"
 
 
-@pytest.mark.parametrize("wall", [-float("inf"), float("inf"), float("nan")])
-def test_non_finite_proposals_are_rejected(schedule, skewed_gmm, wall):
+@pytest.mark.parametrize("wall, wall_score", [(-float("inf"), float("nan")),
+                                              (float("inf"), 0.0), (float("nan"), 0.0)])
+def test_non_finite_proposals_are_rejected(schedule, skewed_gmm, wall, wall_score):
     """A target whose log-density is not finite on half the plane never lets chains in
-    (+inf would otherwise be accepted every time)."""
+    (a +inf log-density with a finite score would otherwise always be accepted)."""
 
-    walled = _Walled(inner=skewed_gmm, wall=wall)
+    walled = _Walled(inner=skewed_gmm, wall=wall, wall_score=wall_score)
     x0 = jnp.full((512, 2), -0.05)
     for name in ("mala", "hmc"):
         x, accept = samplers.run_chain(walled, samplers.get(name, step=0.05), schedule, 1, x0,
