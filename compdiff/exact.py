@@ -47,6 +47,11 @@ class GridTarget:
         return jnp.asarray(self.lows) + (ij + u) * jnp.asarray(self.cell)
 
 
+# Module-level (the level is data), so tabulating the same composition again, or at another
+# level, reuses the compiled program instead of tracing a new lambda per call.
+_log_prob = jax.jit(lambda density, x, t: density.log_prob(x, t))
+
+
 def on_grid(density: Density, t: int = 1, *, extent: float = 1.5, size: int = 600,
             chunk: int = 40_000) -> GridTarget:
     """Tabulates ``density`` at level ``t`` on ``[-extent, extent]^2`` with ``size^2`` cells."""
@@ -58,8 +63,8 @@ def on_grid(density: Density, t: int = 1, *, extent: float = 1.5, size: int = 60
     centers = 0.5 * (edges[1:] + edges[:-1])
     gx, gy = np.meshgrid(centers, centers, indexing="ij")
     points = np.stack([gx.ravel(), gy.ravel()], -1).astype(np.float32)
-    log_prob = jax.jit(lambda d, x: d.log_prob(x, t))
-    values = np.concatenate([np.asarray(log_prob(density, points[i:i + chunk]))
+    level = jnp.int32(t)
+    values = np.concatenate([np.asarray(_log_prob(density, points[i:i + chunk], level))
                              for i in range(0, len(points), chunk)])
     cell = float(edges[1] - edges[0])
     log_cell_mass = values + 2 * np.log(cell)
