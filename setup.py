@@ -18,6 +18,10 @@ setup(
         "scipy>=1.11",
         "scikit-learn>=1.4",
         "matplotlib>=3.8",
+        "tensorflow-datasets>=4.9.7",
+        "array-record>=0.5",
+        "grain>=0.2.6",
+        "tqdm>=4.66",
     ],
     extras_require={"test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6"]},
 )

@@ -26,11 +26,20 @@ Compositions are trees of densities:
 
 All nodes are pytrees (weights are leaves, structure is static), so a whole
 composition passes through ``jax.jit`` and ``lax.scan`` as data.
+
+Shared networks run once. Children of a product or mixture that are one
+network under different conditions (``model.condition(c1) * model.condition(c2)
+/ model.unconditional() ** 0.5``) are evaluated as ONE batched network call
+with the conditions stacked on the batch axis (one vjp for energy forms), not
+``K`` calls. Which children share a network is decided when the node is built
+(:meth:`Density.network_key`, by identity of the parameters) and stored as
+static structure (``groups``): inside ``jit`` the parameters are tracers, one
+per child, and identity no longer says anything.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import flax.struct
@@ -68,6 +77,22 @@ class Density:
 
     def describe(self) -> str:
         return type(self).__name__
+
+    def network_key(self) -> Hashable | None:
+        """Equal for leaves that are one network under different conditions, else ``None``.
+
+        Leaves with equal keys are evaluated together by :meth:`evaluate_together`.
+        """
+        return None
+
+    @classmethod
+    def evaluate_together(cls, members: Sequence[Density], x: Array, t: Array,
+                          what: str) -> list:
+        """Every member's ``log_prob``, ``score`` or ``log_prob_and_score`` (``what``).
+
+        Subclasses whose leaves share a network override this with one batched call.
+        """
+        return [getattr(m, what)(x, t) for m in members]
 
     def score_only_leaves(self) -> list[str]:
         return [] if self.has_log_prob else [self.describe()]
@@ -114,6 +139,27 @@ def _check_dims(children: Sequence[Density]) -> int:
     return dims.pop()
 
 
+def shared_network_groups(children: Sequence[Density]) -> tuple[tuple[int, ...], ...]:
+    """Indices of children that share a network (two or more each), by :meth:`network_key`."""
+    buckets: dict[Hashable, list[int]] = {}
+    for i, child in enumerate(children):
+        key = child.network_key()
+        if key is not None:
+            buckets.setdefault(key, []).append(i)
+    return tuple(tuple(g) for g in buckets.values() if len(g) > 1)
+
+
+def _evaluate(children: Sequence[Density], groups: tuple[tuple[int, ...], ...], x: Array,
+              t: Array, what: str) -> list:
+    """Each child's ``what`` (a method name), one batched call per group of shared networks."""
+    parts: list = [None] * len(children)
+    for group in groups:
+        members = [children[i] for i in group]
+        for i, part in zip(group, type(members[0]).evaluate_together(members, x, t, what)):
+            parts[i] = part
+    return [getattr(c, what)(x, t) if p is None else p for c, p in zip(children, parts)]
+
+
 @flax.struct.dataclass
 class Product(Density):
     """``log pi_t = sum_i w_i log p_{i,t}`` (weights may be negative)."""
@@ -122,17 +168,20 @@ class Product(Density):
     weights: Array
     dim: int = flax.struct.field(pytree_node=False, default=0)
     has_log_prob: bool = flax.struct.field(pytree_node=False, default=False)
+    groups: tuple[tuple[int, ...], ...] = flax.struct.field(pytree_node=False, default=())
 
     def log_prob(self, x: Array, t: Array) -> Array:
         self.require_log_prob("Product.log_prob")
-        return sum(w * c.log_prob(x, t) for w, c in zip(self.weights, self.children))
+        parts = _evaluate(self.children, self.groups, x, t, "log_prob")
+        return sum(w * lp for w, lp in zip(self.weights, parts))
 
     def score(self, x: Array, t: Array) -> Array:
-        return sum(w * c.score(x, t) for w, c in zip(self.weights, self.children))
+        parts = _evaluate(self.children, self.groups, x, t, "score")
+        return sum(w * s for w, s in zip(self.weights, parts))
 
     def log_prob_and_score(self, x: Array, t: Array) -> tuple[Array, Array]:
         self.require_log_prob("Product.log_prob_and_score")
-        parts = [c.log_prob_and_score(x, t) for c in self.children]
+        parts = _evaluate(self.children, self.groups, x, t, "log_prob_and_score")
         log_p = sum(w * lp for w, (lp, _) in zip(self.weights, parts))
         score = sum(w * s for w, (_, s) in zip(self.weights, parts))
         return log_p, score
@@ -153,12 +202,14 @@ class Mixture(Density):
     log_weights: Array
     dim: int = flax.struct.field(pytree_node=False, default=0)
     has_log_prob: bool = flax.struct.field(pytree_node=False, default=True)
+    groups: tuple[tuple[int, ...], ...] = flax.struct.field(pytree_node=False, default=())
 
     def log_prob(self, x: Array, t: Array) -> Array:
-        return self.log_prob_and_score(x, t)[0]
+        parts = _evaluate(self.children, self.groups, x, t, "log_prob")
+        return jax.nn.logsumexp(jnp.stack(parts, -1) + self.log_weights, axis=-1)
 
     def log_prob_and_score(self, x: Array, t: Array) -> tuple[Array, Array]:
-        parts = [c.log_prob_and_score(x, t) for c in self.children]
+        parts = _evaluate(self.children, self.groups, x, t, "log_prob_and_score")
         joint = jnp.stack([lp for lp, _ in parts], -1) + self.log_weights  # [B, K]
         log_p = jax.nn.logsumexp(joint, axis=-1)
         resp = jax.nn.softmax(joint, axis=-1)
@@ -188,7 +239,8 @@ def product(children: Sequence[Density], weights: Sequence[float] | None = None)
             flat_weights.append(weight)
     return Product(children=tuple(flat_children),
                    weights=jnp.asarray(flat_weights, jnp.float32), dim=dim,
-                   has_log_prob=all(c.has_log_prob for c in flat_children))
+                   has_log_prob=all(c.has_log_prob for c in flat_children),
+                   groups=shared_network_groups(flat_children))
 
 
 def mixture(children: Sequence[Density], weights: Sequence[float] | None = None) -> Mixture:
@@ -222,7 +274,7 @@ def mixture(children: Sequence[Density], weights: Sequence[float] | None = None)
             "parameterization (energy_l2, energy_dae, energy_ip) or use oracles.")
     log_w = jnp.log(jnp.asarray(weights, jnp.float32))
     return Mixture(children=tuple(children), log_weights=log_w - jax.nn.logsumexp(log_w),
-                   dim=dim)
+                   dim=dim, groups=shared_network_groups(children))
 
 
 def negation(positive: Density, negative: Density, alpha: float = 0.5) -> Product:

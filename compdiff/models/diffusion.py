@@ -14,12 +14,19 @@ and ``grad_x E`` come out of one ``jax.vjp``: samples are independent rows, so
 pulling back a vector of ones gives every sample's own gradient.
 
 Levels ``t >= 1`` only: ``sigma_0 = 0`` and the model is not trained at level 0.
+
+Conditional models: :meth:`DiffusionModel.condition` binds a condition vector
+(:mod:`compdiff.models.conditioning`) and :meth:`DiffusionModel.unconditional`
+the learned null condition; both are densities of the algebra, and a product or
+mixture over several of them runs the network once on the stacked batch
+(:meth:`DiffusionModel.evaluate_together`). :func:`classifier_free_product` is
+the classifier-free composition of Composable Diffusion and RRR.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -27,11 +34,13 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from compdiff.compose import Density
+from compdiff.compose import Density, Product, product
+from compdiff.models import conditioning
+from compdiff.models.conditioning import Conditions
 from compdiff.schedules import Schedule
 
 Array = jnp.ndarray
-# (params, x [B, d], t [B] int, cond [B, c] | None) -> s [B, d]
+# (params, x [B, d], t [B] int, cond: Conditions [B] | array [B, c] | None) -> s [B, d]
 ApplyFn = Callable[[Any, Array, Array, Array | None], Array]
 
 _ENERGIES: dict[str, Callable[[Array, Array], Array]] = {
@@ -82,18 +91,22 @@ class LinenApply:
 class DiffusionModel(Density):
     """A trained network as a level-``t`` density (a leaf of the composition algebra).
 
-    ``cond`` is conditioning bound into the model (``[c]`` or ``[B, c]``,
-    broadcast over the batch), ``None`` for an unconditional model. ``t`` is a
-    scalar level (a Python int or traced) or one level per sample.
+    ``cond`` is the condition bound into the model: :class:`Conditions`
+    (from :meth:`condition` / :meth:`unconditional`) or a raw array ``[c]`` /
+    ``[B, c]``, broadcast over the batch; ``None`` for an unconditional model.
+    ``cond_dim`` is the length of the condition vectors the network reads (0:
+    unconditional network). ``t`` is a scalar level (a Python int or traced) or
+    one level per sample.
     """
 
     apply_fn: ApplyFn = flax.struct.field(pytree_node=False)
     params: Any
     schedule: Schedule
     parameterization: str = flax.struct.field(pytree_node=False)
-    cond: Array | None = None
+    cond: Conditions | Array | None = None
     dim: int = flax.struct.field(pytree_node=False, default=0)
     name: str = flax.struct.field(pytree_node=False, default="model")
+    cond_dim: int = flax.struct.field(pytree_node=False, default=0)
 
     def __post_init__(self):
         check_parameterization(self.parameterization)
@@ -102,13 +115,74 @@ class DiffusionModel(Density):
     def has_log_prob(self) -> bool:
         return is_energy(self.parameterization)
 
-    def _inputs(self, x: Array, t: Array) -> tuple[Array, Array | None]:
-        """Per-sample levels ``[B]`` and the bound conditioning broadcast to ``[B, c]``."""
+    # --- conditions ----------------------------------------------------------------------
+    def condition(self, value: Array) -> DiffusionModel:
+        """This network given the condition ``value`` (``[c]``, or ``[B, c]`` per sample)."""
+        value = jnp.asarray(value, jnp.float32)
+        if not self.cond_dim:
+            raise ValueError(f"{self.name} is an unconditional network; it takes no condition")
+        if value.shape[-1:] != (self.cond_dim,):
+            raise ValueError(f"{self.name} reads condition vectors of length {self.cond_dim}, "
+                             f"got shape {value.shape}")
+        label = ",".join(f"{v:.2f}" for v in value.ravel()[:4]) if value.ndim == 1 else "..."
+        return self.replace(cond=conditioning.given(value), name=f"{self.base_name}|{label}")
+
+    def unconditional(self) -> DiffusionModel:
+        """This network under its learned null condition, ``p(x)``."""
+        if not self.cond_dim:
+            return self.replace(cond=None)
+        return self.replace(cond=conditioning.null(self.cond_dim), name=f"{self.base_name}|null")
+
+    @property
+    def base_name(self) -> str:
+        return self.name.split("|")[0]
+
+    def network_key(self) -> Hashable | None:
+        """Conditioned leaves of one network (same parameters object) share a key."""
+        if not isinstance(self.cond, Conditions):
+            return None
+        return (self.apply_fn, self.parameterization, id(self.params), id(self.schedule))
+
+    @classmethod
+    def evaluate_together(cls, members: Sequence[DiffusionModel], x: Array, t: Array,
+                          what: str) -> list:
+        """``K`` conditions of one network as one call on the ``[K * B]`` stacked batch.
+
+        Rows are independent samples, so one vjp of the stacked energies gives
+        every row's gradient (see :func:`predict`).
+        """
+        first, k, b = members[0], len(members), x.shape[0]
+        conds = [m.cond.broadcast(b) for m in members]
+        stacked = Conditions(value=jnp.concatenate([c.value for c in conds]),
+                             present=jnp.concatenate([c.present for c in conds]))
+        x_k = jnp.tile(x, (k, 1))
+        t_k = jnp.asarray(t, jnp.int32)
+        t_k = t_k.reshape(1) if t_k.ndim == 0 else jnp.tile(jnp.broadcast_to(t_k, (b,)), k)
+        sigma = first._sigma(t)
+        if what == "score" and not first.has_log_prob:
+            eps = first.apply_fn(first.params, x_k, t_k, stacked)
+            return list(-eps.reshape(k, b, -1) / sigma)
+        if what == "log_prob":
+            first.require_log_prob("log_prob")
+            s = first.apply_fn(first.params, x_k, t_k, stacked)
+            e = _ENERGIES[first.parameterization](x_k, s).reshape(k, b)
+            return list(-e / sigma[..., 0])
+        first.require_log_prob(what)
+        e, eps = predict(first.apply_fn, first.params, first.parameterization, x_k, t_k, stacked)
+        log_p, score = -e.reshape(k, b) / sigma[..., 0], -eps.reshape(k, b, -1) / sigma
+        if what == "score":
+            return list(score)
+        return list(zip(log_p, score))
+
+    def _inputs(self, x: Array, t: Array) -> tuple[Array, Any]:
+        """Per-sample levels ``[B]`` and the bound conditioning broadcast to the batch."""
         t = jnp.asarray(t, jnp.int32)
         # A scalar level stays one level: the network embeds it once for the batch.
         t_vec = t.reshape(1) if t.ndim == 0 else jnp.broadcast_to(t, x.shape[:1])
         if self.cond is None:
             return t_vec, None
+        if isinstance(self.cond, Conditions):
+            return t_vec, self.cond.broadcast(x.shape[0])
         return t_vec, jnp.broadcast_to(self.cond, x.shape[:1] + self.cond.shape[-1:])
 
     def _predict(self, x: Array, t: Array) -> tuple[Array | None, Array]:
@@ -148,3 +222,21 @@ class DiffusionModel(Density):
 
     def describe(self) -> str:
         return self.name
+
+
+def classifier_free_product(model: DiffusionModel, values: Sequence[Array],
+                            scale: float = 1.0) -> Product:
+    """All conditions ``values`` at once, as Composable Diffusion / RRR compose them:
+
+        log p(x) + scale * sum_i [log p(x | c_i) - log p(x)],
+
+    i.e. ``eps = eps(x) + scale * sum_i (eps(x | c_i) - eps(x))``. With
+    ``scale = 1`` it is Bayes' rule for conditions independent given ``x``,
+    ``p(x | c_1..c_K) ∝ p(x) prod_i p(c_i | x)``. One network call for all
+    ``K + 1`` terms.
+    """
+    if not values:
+        raise ValueError("classifier_free_product needs at least one condition")
+    conditioned = [model.condition(v) for v in values]
+    k = len(conditioned)
+    return product([model.unconditional(), *conditioned], [1.0 - k * scale] + [scale] * k)

@@ -45,6 +45,8 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
+from compdiff.models.conditioning import Conditions
+
 Array = jnp.ndarray
 
 TIME_EMBEDDINGS = ("sinusoidal", "learned")
@@ -74,7 +76,10 @@ def sinusoidal_embedding(t: Array, dim: int, max_period: float = 10_000.0) -> Ar
 
 
 class ResidualMLP(nn.Module):
-    """``(x [B, d], t [B] or [1] int, cond [B, c] | None) -> [B, dim]``.
+    """``(x [B, d], t [B] or [1] int, cond: Conditions | [B, c] | None) -> [B, dim]``.
+
+    ``cond`` as :class:`~compdiff.models.conditioning.Conditions` uses a learned
+    null embedding where ``present`` is False (classifier-free guidance).
 
     Attributes:
       dim: output dimension (the data dimension).
@@ -116,7 +121,12 @@ class ResidualMLP(nn.Module):
             emb = sinusoidal_embedding(t, self.hidden)
             emb = nn.Dense(self.hidden, name="time_proj")(emb)
         emb = nn.Dense(self.hidden, name="time_out")(nn.swish(emb))
-        if cond is not None:
+        if isinstance(cond, Conditions):  # a learned null embedding where absent
+            c = nn.Dense(self.hidden, name="cond_in")(cond.value.astype(jnp.float32))
+            c = nn.Dense(self.hidden, name="cond_out")(nn.swish(c))
+            null = self.param("null_embedding", nn.initializers.normal(0.02), (self.hidden,))
+            emb = emb + jnp.where(cond.present[:, None], c, null)
+        elif cond is not None:
             c = nn.Dense(self.hidden, name="cond_in")(cond.astype(jnp.float32))
             emb = emb + nn.Dense(self.hidden, name="cond_out")(nn.swish(c))
 
