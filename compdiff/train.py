@@ -6,11 +6,26 @@ The loss is the same for every parameterization (DESIGN 1):
     x_t = sqrt(abar_t) x_0 + sigma_t eps,
 
 with ``x_0`` drawn afresh every step: exact samples of a built-in toy oracle
-(``data.dataset``, :mod:`compdiff.data.toy2d`), or minibatches of the user's
+(``data.dataset``, :mod:`compdiff.data.toy2d`), minibatches of the user's
 own points (``data.path``, an ``[n, d]`` array in a ``.npz`` file, drawn with
-replacement, :mod:`compdiff.data.points`); ``data.path`` overrides
-``data.dataset`` when set. Updates are Adam after clipping the global
+replacement, :mod:`compdiff.data.points`), or an image dataset (``data.source``,
+a tfds builder such as ``clevr_positions`` read through grain,
+:mod:`compdiff.data.images`); ``data.source`` overrides ``data.path``, which
+overrides ``data.dataset``. Updates are Adam after clipping the global
 gradient norm.
+
+Conditional models (``model.cond_dim > 0``) read each example's condition
+vector, replaced by the null condition with probability ``train.cond_dropout``
+(classifier-free guidance, :mod:`compdiff.models.conditioning`). The same loop
+trains classifiers (``task = "classifier"``): logistic loss on ``label`` (one
+output) or cross-entropy (several), on clean images or, when the classifier is
+noise-conditional, on ``x_t`` at a uniform level. The network is
+``model.network``: ``mlp`` (:class:`ResidualMLP`), ``unet`` (:class:`UNet`) or
+``classifier`` (:class:`ImageClassifier`).
+
+Data parallelism: parameters are replicated, every batch is sharded over all
+devices on its batch axis (``NamedSharding``), and XLA all-reduces the
+gradients; the state's buffers are donated to the step.
 
 The model one normally samples from is the bias-corrected EMA of the
 parameter iterates ``params_1 .. params_n`` (the ``n`` updates so far),
@@ -69,11 +84,13 @@ Surviving a kill (kill -9 included) at any moment:
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import logging as std_logging
 import math
 import os
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import flax.struct
@@ -89,13 +106,19 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from compdiff import checkpoints, schedules
 from compdiff import workdir as workdir_lib
 from compdiff.compose import Density
-from compdiff.data import points, toy2d
+from compdiff.data import images, points, toy2d
+from compdiff.models import conditioning
+from compdiff.models.classifier import ImageClassifier
 from compdiff.models.diffusion import ApplyFn, DiffusionModel, LinenApply, predict
 from compdiff.models.mlp import ResidualMLP
+from compdiff.models.unet import UNet
 
 Array = jnp.ndarray
 # Config sections that fix what a checkpoint means; resuming with others is an error.
 _MODEL_SECTIONS = ("data", "model", "schedule")
+TASKS = ("diffusion", "classifier")
+NETWORKS = ("mlp", "unet", "classifier")
+Network = ResidualMLP | UNet | ImageClassifier
 
 
 @flax.struct.dataclass
@@ -111,20 +134,35 @@ def make_schedule(config: ml_collections.ConfigDict) -> schedules.Schedule:
     return schedules.get(config.schedule.name, config.schedule.num_levels)
 
 
-def make_data(config: ml_collections.ConfigDict,
-              schedule: schedules.Schedule) -> Density | points.Points:
-    """The training data: the points in ``data.path`` if set, else the oracle ``data.dataset``.
+def task(config: ml_collections.ConfigDict) -> str:
+    name = config.get("task", "diffusion")
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; known: {list(TASKS)}")
+    return name
 
-    Either way a pytree with ``.dim`` and ``.sample(key, num) -> [num, dim]``.
+
+def make_data(config: ml_collections.ConfigDict, schedule: schedules.Schedule
+              ) -> Density | points.Points | images.ImageSource:
+    """The training data: ``data.source`` (images), else ``data.path``, else ``data.dataset``.
+
+    Points and oracles are pytrees with ``.dim`` and ``.sample(key, num) ->
+    [num, dim]``, sampled on the devices inside the step; an image source
+    feeds batches from the host (:class:`compdiff.data.images.ImageSource`).
     """
-    path = config.data.get("path", "")
-    return points.load(path) if path else toy2d.get(config.data.dataset, schedule)
+    d = config.data
+    if d.get("source", ""):
+        return images.ImageSource.from_config(d)
+    path = d.get("path", "")
+    return points.load(path) if path else toy2d.get(d.dataset, schedule)
 
 
 def data_name(config: ml_collections.ConfigDict) -> str:
-    """The data's label: the points file's stem, or the built-in dataset's name."""
-    path = config.data.get("path", "")
-    return os.path.splitext(os.path.basename(path))[0] if path else config.data.dataset
+    """The data's label: the image builder, the points file's stem, or the dataset's name."""
+    d = config.data
+    if d.get("source", ""):
+        return f"{d.source}/{d.builder_config}"
+    path = d.get("path", "")
+    return os.path.splitext(os.path.basename(path))[0] if path else d.dataset
 
 
 def model_dim(config: ml_collections.ConfigDict) -> int:
@@ -144,13 +182,36 @@ def model_dim(config: ml_collections.ConfigDict) -> int:
                      f"{source}; set model.dim")
 
 
-def make_network(config: ml_collections.ConfigDict, dim: int | None = None) -> ResidualMLP:
+def make_network(config: ml_collections.ConfigDict, dim: int | None = None) -> Network:
     """The network of ``config`` over ``R^dim`` (default: :func:`model_dim`).
 
-    ``model.widen`` / ``model.norm`` default to 1 / ``"none"``: configs saved
-    before those fields existed rebuild the network they were trained with.
+    ``model.network`` picks it (default ``mlp``). Images need ``model.image_shape``,
+    stored by :func:`resolve_config`. ``model.widen`` / ``model.norm`` default to
+    1 / ``"none"``: configs saved before those fields existed rebuild the network
+    they were trained with.
     """
     m = config.model
+    kind = m.get("network", "mlp")
+    if kind not in NETWORKS:
+        raise ValueError(f"unknown model.network {kind!r}; known: {list(NETWORKS)}")
+    if kind != "mlp":
+        shape = tuple(m.get("image_shape") or ())
+        if len(shape) != 3:
+            raise ValueError(f"model.network={kind} needs model.image_shape (H, W, C), got "
+                             f"{m.get('image_shape')}; it is set from image data")
+    if kind == "unet":
+        return UNet(image_shape=shape, num_levels=config.schedule.num_levels,
+                    channels=m.channels, channel_mult=tuple(m.channel_mult),
+                    num_res_blocks=m.num_res_blocks,
+                    attention_resolutions=tuple(m.attention_resolutions),
+                    num_heads=m.get("num_heads", 4), cond_dim=m.get("cond_dim", 0),
+                    remat=m.get("remat", False))
+    if kind == "classifier":
+        return ImageClassifier(image_shape=shape, num_outputs=m.num_outputs,
+                               channels=m.channels, channel_mult=tuple(m.channel_mult),
+                               query=m.get("query", "none"),
+                               num_levels=config.schedule.num_levels if m.get(
+                                   "noise_conditional", False) else 0)
     return ResidualMLP(dim=model_dim(config) if dim is None else dim, hidden=m.hidden,
                        num_blocks=m.num_blocks, time_embedding=m.time_embedding,
                        num_levels=config.schedule.num_levels, widen=m.get("widen", 1),
@@ -162,11 +223,14 @@ def build_model(config: ml_collections.ConfigDict, params: Any) -> DiffusionMode
 
     Needs no data: the dimension is ``model.dim`` (see :func:`model_dim`).
     """
+    if task(config) != "diffusion":
+        raise ValueError(f"the run is a {task(config)}, not a diffusion model")
     dim = model_dim(config)
     return DiffusionModel(apply_fn=LinenApply(make_network(config, dim)), params=params,
                           schedule=make_schedule(config),
                           parameterization=config.model.parameterization, dim=dim,
-                          name=f"{data_name(config)}/{config.model.parameterization}")
+                          name=f"{data_name(config)}/{config.model.parameterization}",
+                          cond_dim=config.model.get("cond_dim", 0))
 
 
 def resolve_config(config: ml_collections.ConfigDict,
@@ -182,6 +246,14 @@ def resolve_config(config: ml_collections.ConfigDict,
         raise ValueError(f"config model.dim is {stated} but the data ({data_name(config)}) "
                          f"has dimension {data.dim}")
     resolved.model.dim = data.dim
+    if isinstance(data, images.ImageSource):
+        resolved.model.image_shape = list(data.image_shape)
+        stated_c = resolved.model.get("cond_dim", 0)
+        if task(config) == "diffusion" and stated_c and stated_c != data.cond_dim:
+            raise ValueError(f"config model.cond_dim is {stated_c} but the data's conditions "
+                             f"have length {data.cond_dim}")
+        resolved.data.data_dir = os.path.abspath(os.path.expanduser(data.data_dir))
+        return resolved
     path = config.data.get("path", "")
     resolved.data.path = os.path.abspath(os.path.expanduser(path)) if path else ""
     if path:
@@ -193,17 +265,27 @@ def _optimizer(lr: float, grad_clip: float) -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(grad_clip), optax.adam(lr))
 
 
-def init_state(config: ml_collections.ConfigDict, network: ResidualMLP, key: Array) -> TrainState:
+def init_state(config: ml_collections.ConfigDict, network: Network, key: Array) -> TrainState:
     return _init_state(key, network=network, lr=config.train.lr,
-                       grad_clip=config.train.grad_clip)
+                       grad_clip=config.train.grad_clip,
+                       cond_dim=_network_cond_dim(config))
+
+
+def _network_cond_dim(config: ml_collections.ConfigDict) -> int:
+    """Length of the condition vectors the network reads (0: none)."""
+    if config.model.get("network", "mlp") == "classifier":
+        return 2 if config.model.get("query", "none") == "position" else 0
+    return config.model.get("cond_dim", 0)
 
 
 # Compiled as one program (eagerly, every initializer op would compile on its own) and
 # cached on the hashable network and hyperparameters.
-@functools.partial(jax.jit, static_argnames=("network", "lr", "grad_clip"))
-def _init_state(key: Array, *, network: ResidualMLP, lr: float, grad_clip: float) -> TrainState:
+@functools.partial(jax.jit, static_argnames=("network", "lr", "grad_clip", "cond_dim"))
+def _init_state(key: Array, *, network: Network, lr: float, grad_clip: float,
+                cond_dim: int = 0) -> TrainState:
     x = jnp.zeros((1, network.dim), jnp.float32)
-    params = network.init(key, x, jnp.ones((1,), jnp.int32))["params"]
+    cond = conditioning.given(jnp.zeros((1, cond_dim))) if cond_dim else None
+    params = network.init(key, x, jnp.ones((1,), jnp.int32), cond)["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
                       opt_state=_optimizer(lr, grad_clip).init(params))
 
@@ -219,28 +301,65 @@ def _ema_weight(step: Array, decay: float) -> Array:
 
 # --- the step ------------------------------------------------------------------------------
 def loss_fn(params: Any, apply_fn: ApplyFn, parameterization: str, schedule: schedules.Schedule,
-            x0: Array, key: Array) -> Array:
+            x0: Array, key: Array, cond: conditioning.Conditions | None = None) -> Array:
     """Monte Carlo estimate of ``L(theta)`` on the batch ``x0`` (mean over samples)."""
     k_t, k_eps = jax.random.split(key)
     t = jax.random.randint(k_t, x0.shape[:1], 1, schedule.num_levels + 1)
     eps = jax.random.normal(k_eps, x0.shape)
     x_t = jnp.sqrt(schedule.abar[t])[:, None] * x0 + schedule.sigma[t][:, None] * eps
-    _, eps_hat = predict(apply_fn, params, parameterization, x_t, t)
+    _, eps_hat = predict(apply_fn, params, parameterization, x_t, t, cond)
     return jnp.mean(jnp.sum((eps - eps_hat) ** 2, axis=-1))
 
 
-@functools.partial(jax.jit, static_argnames=(
-    "network", "parameterization", "batch_size", "lr", "grad_clip", "ema_decay", "sharding"))
-def _train_step(state: TrainState, data_key: Array, data, schedule: schedules.Schedule, *,
-                network: ResidualMLP, parameterization: str, batch_size: int, lr: float,
-                grad_clip: float, ema_decay: float,
-                sharding: NamedSharding) -> tuple[TrainState, Array]:
-    """One update; ``data`` (an oracle or :class:`points.Points`) is a traced argument."""
+def classifier_loss(params: Any, apply_fn: ApplyFn, schedule: schedules.Schedule, batch: dict,
+                    key: Array, noised: bool) -> Array:
+    """Logistic loss (one output, ``label`` in {0, 1}) or cross-entropy (integer ``label``).
+
+    ``noised``: the classifier reads ``x_t`` at a uniform level ``t`` (noise-conditional).
+    """
+    x, t = batch["x"], None
+    if noised:
+        k_t, k_eps = jax.random.split(key)
+        t = jax.random.randint(k_t, x.shape[:1], 1, schedule.num_levels + 1)
+        x = (jnp.sqrt(schedule.abar[t])[:, None] * x
+             + schedule.sigma[t][:, None] * jax.random.normal(k_eps, x.shape))
+    logits = apply_fn(params, x, t, batch.get("cond"))
+    if logits.shape[-1] == 1:
+        return jnp.mean(optax.sigmoid_binary_cross_entropy(logits[:, 0], batch["label"]))
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
+        logits, batch["label"].astype(jnp.int32)))
+
+
+@functools.partial(jax.jit, donate_argnums=(0,), static_argnames=(
+    "network", "parameterization", "batch_size", "lr", "grad_clip", "ema_decay", "sharding",
+    "task_name", "cond_dropout", "noised"))
+def _train_step(state: TrainState, data_key: Array, data, schedule: schedules.Schedule,
+                batch: dict | None = None, *, network: Network, parameterization: str,
+                batch_size: int, lr: float, grad_clip: float, ema_decay: float,
+                sharding: NamedSharding, task_name: str = "diffusion",
+                cond_dropout: float = 0.0, noised: bool = False) -> tuple[TrainState, Array]:
+    """One update on ``batch`` (from the host) or on ``data.sample`` (an oracle or
+    :class:`points.Points`, a traced argument, sampled here on the devices)."""
     k_data, k_loss = jax.random.split(jax.random.fold_in(data_key, state.step))
-    # Shard the batch across devices; params stay replicated, so XLA all-reduces the grads.
-    x0 = jax.lax.with_sharding_constraint(data.sample(k_data, batch_size), sharding)
-    loss, grads = jax.value_and_grad(loss_fn)(state.params, LinenApply(network),
-                                              parameterization, schedule, x0, k_loss)
+    apply_fn = LinenApply(network)
+    if task_name == "classifier":
+        batch = dict(batch)
+        if "cond" in batch:
+            batch["cond"] = conditioning.given(batch["cond"])
+        loss, grads = jax.value_and_grad(classifier_loss)(state.params, apply_fn, schedule,
+                                                          batch, k_loss, noised)
+    else:
+        cond = None
+        if batch is None:
+            # Shard the batch across devices; params stay replicated, so XLA all-reduces
+            # the grads.
+            x0 = jax.lax.with_sharding_constraint(data.sample(k_data, batch_size), sharding)
+        else:
+            x0 = batch["x"]
+            if "cond" in batch:
+                cond = conditioning.drop(conditioning.given(batch["cond"]), k_data, cond_dropout)
+        loss, grads = jax.value_and_grad(loss_fn)(state.params, apply_fn, parameterization,
+                                                  schedule, x0, k_loss, cond)
     updates, opt_state = _optimizer(lr, grad_clip).update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     w = _ema_weight(state.step + 1, ema_decay)
@@ -302,13 +421,15 @@ def _write_atomically(path: str, text: str) -> None:
 
 
 def _log(workdir: str, step: int, steps: int, losses: list[Array], rate: float,
-         elapsed: float) -> None:
+         elapsed: float, batch_size: int) -> None:
     """Console line and a metrics.jsonl record for the steps since the last log."""
     loss = float(jnp.mean(jnp.stack(losses)))
     eta = f"{(steps - step) / rate:.0f}s" if rate > 0 else "?"
-    logging.info("step %d/%d  loss %.4f  %.1f steps/s  ETA %s", step, steps, loss, rate, eta)
-    _write_metrics(workdir, {"step": step, "loss": loss, "steps_per_sec": rate,
-                             "elapsed_s": elapsed})
+    logging.info("step %d/%d  loss %.4f  %.2f steps/s  %.0f examples/s  ETA %s", step, steps,
+                 loss, rate, rate * batch_size, eta)
+    if jax.process_index() == 0:
+        _write_metrics(workdir, {"step": step, "loss": loss, "steps_per_sec": rate,
+                                 "examples_per_sec": rate * batch_size, "elapsed_s": elapsed})
 
 
 def _truncate_metrics(workdir: str, step: int) -> None:
@@ -328,7 +449,7 @@ def _truncate_metrics(workdir: str, step: int) -> None:
     _write_atomically(path, "".join(kept))
 
 
-def _abstract_state(config: ml_collections.ConfigDict, network: ResidualMLP) -> TrainState:
+def _abstract_state(config: ml_collections.ConfigDict, network: Network) -> TrainState:
     return jax.eval_shape(lambda: init_state(config, network, jax.random.key(0)))
 
 
@@ -394,11 +515,21 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: str,
         if start >= tc.steps:
             logging.info("Nothing to do: %s already trained for %d steps", workdir, start)
             return state
+        batch_sharding = NamedSharding(replicated.mesh, PartitionSpec("batch"))
         step_fn = functools.partial(
             _train_step, network=network, parameterization=config.model.parameterization,
             batch_size=tc.batch_size, lr=tc.lr, grad_clip=tc.grad_clip, ema_decay=tc.ema_decay,
-            sharding=NamedSharding(replicated.mesh, PartitionSpec("batch")))
-        return _run(state, step_fn, data_key, data, schedule, manager, workdir, tc, start)
+            sharding=batch_sharding, task_name=task(config),
+            cond_dropout=tc.get("cond_dropout", 0.0),
+            noised=config.model.get("noise_conditional", False))
+        if isinstance(data, images.ImageSource):
+            batches = data.batches(tc.batch_size, tc.seed, batch_sharding).iterate(start)
+            data = None
+        else:
+            batches = itertools.repeat(None)
+        hook = _sample_grid_hook(config, network, workdir)
+        return _run(state, step_fn, data_key, data, batches, schedule, manager, workdir, tc,
+                    start, hook)
     finally:
         if manager is not None:
             # Also on Ctrl-C: let an in-flight save finish so the next run resumes from it.
@@ -406,14 +537,14 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: str,
             manager.close()
 
 
-def _run(state: TrainState, step_fn, data_key: Array, data, schedule: schedules.Schedule,
-         manager: ocp.CheckpointManager, workdir: str, tc: ml_collections.ConfigDict,
-         start: int) -> TrainState:
-    """Steps ``start + 1 .. tc.steps`` with logging and checkpoints."""
+def _run(state: TrainState, step_fn, data_key: Array, data, batches: Iterator,
+         schedule: schedules.Schedule, manager: ocp.CheckpointManager, workdir: str,
+         tc: ml_collections.ConfigDict, start: int, hook=None) -> TrainState:
+    """Steps ``start + 1 .. tc.steps`` with logging, checkpoints and the periodic ``hook``."""
     t_start = time.time()
     t_window, timed, losses = t_start, 0, []
     for step in range(start + 1, tc.steps + 1):
-        state, loss = step_fn(state, data_key, data, schedule)
+        state, loss = step_fn(state, data_key, data, schedule, next(batches))
         losses.append(loss)
         timed += 1
         if step == start + 1:  # keep compilation out of the steps/s figures
@@ -422,13 +553,34 @@ def _run(state: TrainState, step_fn, data_key: Array, data, schedule: schedules.
             t_window, timed = time.time(), 0
         if step % tc.log_every == 0 or step == tc.steps:
             _log(workdir, step, tc.steps, losses, timed / max(time.time() - t_window, 1e-9),
-                 time.time() - t_start)
+                 time.time() - t_start, tc.batch_size)
             t_window, timed, losses = time.time(), 0, []
         if step % tc.checkpoint_every == 0 or step == tc.steps:
             manager.save(step, args=ocp.args.StandardSave(state))
+        if hook is not None and (step % tc.get("sample_every", 0) == 0 or step == tc.steps):
+            hook(state, step)
     logging.info("Done: %d steps in %.1fs; checkpoints in %s", tc.steps - start,
                  time.time() - t_start, manager.directory)
     return state
+
+
+def _sample_grid_hook(config: ml_collections.ConfigDict, network: Network, workdir: str):
+    """For image diffusion models with ``train.sample_every > 0``: writes
+    ``samples/step_N.png``, reverse-diffusion samples of the EMA model (conditioned
+    on ``train.grid_conditions`` when the model is conditional), or ``None``."""
+    if (task(config) != "diffusion" or config.model.get("network", "mlp") != "unet"
+            or not config.train.get("sample_every", 0)):
+        return None
+    from compdiff import image_grids  # matplotlib only where grids are drawn
+
+    def hook(state: TrainState, step: int) -> None:
+        if jax.process_index() != 0:
+            return
+        model = build_model(config, state.ema_params)
+        image_grids.save_model_grid(model, tuple(config.model.image_shape),
+                                    os.path.join(workdir, "samples", f"step_{step}.png"),
+                                    seed=config.train.seed)
+    return hook
 
 
 def load_model(workdir: str, use_ema: bool = True) -> DiffusionModel:

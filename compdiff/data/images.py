@@ -1,0 +1,123 @@
+"""Minibatches of image datasets for training: tfds data sources through a grain pipeline.
+
+A dataset is a random-access tfds source (``tfds.data_source``, array_record,
+no TensorFlow); an *example function* turns one record into a training example
+(``{"x": float32 [H*W*C] in [-1, 1], "cond": float32 [c], ...}``), with its
+own seeded ``np.random.Generator`` for random choices such as which object's
+position conditions the image. The pipeline is grain's ``MapDataset``:
+
+    source[process::num_processes] -> shuffle(seed) -> repeat -> random_map -> batch
+
+Every step of it is random access, so batch ``n`` is a pure function of
+``(seed, n)``: a run resumed from the checkpoint of step ``n`` reads exactly
+the batches an uninterrupted run reads, and each process reads only its own
+shard of the records (multi-host). ``shuffle`` draws a new permutation every
+epoch. Batches are read ahead by grain's threads and placed on the devices as
+one global array sharded over the batch axis
+(``jax.make_array_from_process_local_data``).
+
+Images are flat vectors ``[B, H*W*C]``: the samplers, compositions and
+diagnostics work on ``[B, d]`` arrays, and the UNet reshapes internally.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import importlib
+import os
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import NamedSharding
+
+Record = dict[str, np.ndarray]
+ExampleFn = Callable[[Record, np.random.Generator], dict[str, np.ndarray]]
+
+
+def to_unit_range(image: np.ndarray) -> np.ndarray:
+    """uint8 ``[H, W, C]`` -> float32 ``[H*W*C]`` in ``[-1, 1]``."""
+    return (np.asarray(image, np.float32).reshape(-1) / 127.5) - 1.0
+
+
+def to_uint8(x: np.ndarray, image_shape: tuple[int, int, int]) -> np.ndarray:
+    """Flat ``[..., H*W*C]`` in ``[-1, 1]`` -> uint8 ``[..., H, W, C]`` (clipped)."""
+    x = np.clip((np.asarray(x, np.float32) + 1.0) * 127.5, 0, 255).round().astype(np.uint8)
+    return x.reshape(x.shape[:-1] + tuple(image_shape))
+
+
+class ImageBatches:
+    """Global batches ``n = start, start + 1, ...`` of ``example_fn`` over ``source``.
+
+    ``batch_size`` is global; each process builds ``batch_size / num_processes``
+    rows from its own shard of the records.
+    """
+
+    def __init__(self, source: Any, example_fn: ExampleFn, batch_size: int, seed: int,
+                 sharding: NamedSharding | None = None, num_threads: int = 2):
+        processes, index = jax.process_count(), jax.process_index()
+        if batch_size % processes:
+            raise ValueError(f"batch_size {batch_size} must divide over {processes} processes")
+        if len(source) < processes:
+            raise ValueError(f"the dataset has {len(source)} records, fewer than the "
+                             f"{processes} processes reading it")
+        self.batch_size, self.sharding, self.num_threads = batch_size, sharding, num_threads
+        records = grain.MapDataset.source(source)[index::processes]
+        self._batches = (records.shuffle(seed=seed).repeat(None)
+                         .random_map(example_fn, seed=seed + 1)
+                         .batch(batch_size // processes))
+
+    def get(self, step: int) -> dict[str, np.ndarray]:
+        """This process's rows of batch ``step`` (numpy, for inspection and tests)."""
+        return self._batches[step]
+
+    def iterate(self, start: int) -> Iterator[dict[str, jax.Array]]:
+        """Batches ``start, start + 1, ...`` as global device arrays, read ahead by threads."""
+        options = grain.ReadOptions(num_threads=self.num_threads, prefetch_buffer_size=4)
+        for batch in self._batches[start:].to_iter_dataset(options):
+            yield {k: self._place(v) for k, v in batch.items()}
+
+    def _place(self, rows: np.ndarray) -> jax.Array:
+        if self.sharding is None:
+            return jax.numpy.asarray(rows)
+        return jax.make_array_from_process_local_data(self.sharding, rows)
+
+
+# tfds builders of the project, by name: module with ``data_source(config, split, data_dir)``.
+BUILDERS = {"clevr_positions": "compdiff.data.clevr_positions"}
+
+
+class ImageSource:
+    """An image dataset for training: a tfds builder's split and an example function.
+
+    ``dim`` (``H*W*C``), ``image_shape`` and ``cond_dim`` (the length of the
+    example's ``cond``, 0 when it has none) are read from the first example.
+    """
+
+    def __init__(self, source: Any, example_fn: ExampleFn, data_dir: str):
+        self.source, self.example_fn, self.data_dir = source, example_fn, data_dir
+        first = source[0]
+        self.image_shape = tuple(int(n) for n in np.shape(first["image"]))
+        example = example_fn(first, np.random.default_rng(0))
+        self.dim = int(np.size(example["x"]))
+        self.cond_dim = int(np.size(example["cond"])) if "cond" in example else 0
+
+    @classmethod
+    def from_config(cls, data: ml_collections.ConfigDict, split: str = "train") -> ImageSource:
+        """``data.source`` (a builder in :data:`BUILDERS`), ``data.builder_config``,
+        ``data.data_dir`` (built there first if needed) and ``data.example``."""
+        from compdiff.data import examples  # examples imports this module
+
+        if data.source not in BUILDERS:
+            raise ValueError(f"unknown data.source {data.source!r}; known: {sorted(BUILDERS)}")
+        data_dir = os.path.abspath(os.path.expanduser(data.data_dir))
+        builder = importlib.import_module(BUILDERS[data.source])
+        source = builder.data_source(data.builder_config, split, data_dir)
+        return cls(source, examples.get(data.example), data_dir)
+
+    def batches(self, batch_size: int, seed: int,
+                sharding: NamedSharding | None = None) -> ImageBatches:
+        return ImageBatches(self.source, self.example_fn, batch_size, seed, sharding)
