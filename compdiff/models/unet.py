@@ -65,7 +65,7 @@ def _group_norm(num_groups: int, channels: int, name: str) -> nn.GroupNorm:
 
 
 class ResBlock(nn.Module):
-    """``skip(h) + Conv_zero(SiLU(GN(Conv(SiLU(GN(h))) + Dense(SiLU(emb)))))``; emb ``[B or 1, e]``."""
+    """``skip(h) + Conv_zero(SiLU(GN(Conv(SiLU(GN(h))) + Dense(SiLU(emb)))))``, emb [B or 1, e]."""
 
     out_channels: int
     num_groups: int
@@ -109,7 +109,8 @@ class UNet(nn.Module):
     """``(x [B, H*W*C], t [B] or [1] int, cond: Conditions | None) -> [B, H*W*C]``.
 
     ``t [1]`` is one level for the whole batch (embedded once). ``cond`` is read
-    by a conditional network (``cond_dim > 0``): where ``cond.present`` is False,
+    by a conditional network (``cond_dim > 0``); a raw array ``[B, c]`` means
+    every condition present. Where ``cond.present`` is False,
     and for every sample when ``cond`` is None, the network uses its learned
     null embedding instead of ``cond.value`` (classifier-free guidance). An
     unconditional network (``cond_dim=0``) takes ``cond=None`` only.
@@ -207,8 +208,12 @@ class UNet(nn.Module):
             raise ValueError("cond was given to an unconditional UNet (cond_dim=0); pass "
                              "cond=None or build the network with cond_dim > 0")
         if not isinstance(cond, Conditions):
-            raise ValueError(f"cond must be a compdiff.models.conditioning.Conditions (e.g. "
-                             f"conditioning.given(value)) or None; got {type(cond).__name__}")
+            # A raw array [B, c] or [c] (the ApplyFn contract): present for every sample.
+            value = jnp.asarray(cond)
+            if value.ndim not in (1, 2):
+                raise ValueError(f"cond must be Conditions, None or condition vectors [B, "
+                                 f"cond_dim={self.cond_dim}]; got shape {value.shape}")
+            cond = conditioning.given(value)
         if cond.value.shape[-1] != self.cond_dim:
             raise ValueError(f"cond.value must have last dimension cond_dim={self.cond_dim}; "
                              f"got shape {cond.value.shape}")
