@@ -393,7 +393,8 @@ def _check_resumable(workdir: str, config: ml_collections.ConfigDict) -> None:
     """
     old = _read_config(workdir)
     saved = old.to_dict()
-    saved.setdefault("data", {}).setdefault("path", "")
+    if not saved.setdefault("data", {}).get("source"):
+        saved["data"].setdefault("path", "")
     if "dim" not in saved.setdefault("model", {}):
         try:
             saved["model"]["dim"] = model_dim(old)
@@ -583,15 +584,16 @@ def _sample_grid_hook(config: ml_collections.ConfigDict, network: Network, workd
     return hook
 
 
-def load_model(workdir: str, use_ema: bool = True) -> DiffusionModel:
-    """The model trained in ``workdir`` at its latest checkpoint that restores.
+def load_params(workdir: str, use_ema: bool = True
+                ) -> tuple[ml_collections.ConfigDict, Network, Any]:
+    """``(config, network, params)`` of the run in ``workdir`` at its latest checkpoint
+    that restores (any task: a diffusion model or a classifier).
 
     A newer checkpoint that does not restore is skipped with a warning and
     left in place (a training may be running there; it moves such
-    checkpoints aside itself when it resumes).
-
-    Parameters: the bias-corrected EMA by default, else the last iterate. Needs
-    only ``workdir`` (its config.json and checkpoints), not the training data.
+    checkpoints aside itself when it resumes). Parameters: the bias-corrected
+    EMA by default, else the last iterate. Needs only ``workdir`` (its
+    config.json and checkpoints), not the training data.
     """
     workdir = os.path.abspath(workdir)
     if not os.path.isdir(workdir):
@@ -607,7 +609,13 @@ def load_model(workdir: str, use_ema: bool = True) -> DiffusionModel:
     manager, _, state = checkpoints.restore_newest(
         workdir, _abstract_state(config, network), _replicated(), read_only=True)
     manager.close()
-    return build_model(config, state.ema_params if use_ema else state.params)
+    return config, network, state.ema_params if use_ema else state.params
+
+
+def load_model(workdir: str, use_ema: bool = True) -> DiffusionModel:
+    """The diffusion model trained in ``workdir`` (see :func:`load_params`)."""
+    config, _, params = load_params(workdir, use_ema)
+    return build_model(config, params)
 
 
 def quiet_orbax_logs() -> None:

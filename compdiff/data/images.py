@@ -22,11 +22,10 @@ diagnostics work on ``[B, d]`` arrays, and the UNet reshapes internally.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Any
-
 import importlib
 import os
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import grain
 import jax

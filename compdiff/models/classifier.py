@@ -28,7 +28,7 @@ QUERIES = ("none", "position")
 
 
 def position_map(positions: Array, height: int, width: int, sigma: float) -> Array:
-    """``[B, H, W, 1]`` Gaussian bumps centred at ``positions [B, 2]`` (``(u, v)``, pixel centres)."""
+    """``[B, H, W, 1]`` Gaussian bumps at ``positions [B, 2]`` (``(u, v)``; pixel centres)."""
     u = (jnp.arange(width) + 0.5) / width
     v = (jnp.arange(height) + 0.5) / height
     du = (u[None, None, :] - positions[:, 0, None, None]) ** 2

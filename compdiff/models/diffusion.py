@@ -124,7 +124,8 @@ class DiffusionModel(Density):
         if value.shape[-1:] != (self.cond_dim,):
             raise ValueError(f"{self.name} reads condition vectors of length {self.cond_dim}, "
                              f"got shape {value.shape}")
-        label = ",".join(f"{v:.2f}" for v in value.ravel()[:4]) if value.ndim == 1 else "..."
+        concrete = value.ndim == 1 and not isinstance(value, jax.core.Tracer)
+        label = ",".join(f"{v:.2f}" for v in value.tolist()) if concrete else "..."
         return self.replace(cond=conditioning.given(value), name=f"{self.base_name}|{label}")
 
     def unconditional(self) -> DiffusionModel:

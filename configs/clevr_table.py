@@ -1,0 +1,95 @@
+"""RRR Table 2 at CPU scale: ``scripts/clevr_table.py --config=configs/clevr_table.py:<v>``.
+
+Variants:
+
+- ``tiny``: for tests, seconds: the ``tiny`` data, 4-step models, 4 images per cell.
+- ``quick``: under 10 minutes: the ``cpu`` models trained briefly, 8 images per cell,
+  1, 3 and 5 positions.
+- ``cpu``: the README table (at most 60 minutes from nothing on 2 CPU cores).
+- ``paper``: RRR's models (``configs/clevr.py:paper``), for accelerators.
+
+Samplers as RRR runs them on images: one reverse step into each level, then
+the kernel steps; MALA step ``0.035 beta_t``, HMC step ``0.1 beta_t`` with mass
+``beta_t``. HMC damping is 0.5 here, not RRR's 0.9: with few kernel steps per
+level 0.9 under-dissipates (``docs/design_notes.md``, the 2D damping study). At
+CPU scale every MCMC row takes one kernel step per level (HMC with one leapfrog
+step), so all cost 2 gradient evaluations per level. ``reverse_equal`` matches
+the NFE of the costliest MCMC row with an eps model trained on the longer
+schedule that ends at the same noise level.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from compdiff import samplers, schedules
+from configs import clevr, clevr_classifier
+
+VARIANTS = ("tiny", "quick", "cpu", "paper")
+
+
+def _row(sampler: str, models: tuple[str, ...], **kw) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict({"sampler": sampler, "models": list(models), **kw})
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    variant = arg or "cpu"
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown clevr_table variant {variant!r}; known: {list(VARIANTS)}")
+    size = {"tiny": "tiny", "quick": "cpu", "cpu": "cpu", "paper": "paper"}[variant]
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+    config.data_dir = clevr.DEFAULT_DATA_DIR  # for every model's data
+    config.guidance_scale = 1.0
+    config.num_images = {"tiny": 4, "quick": 8, "cpu": 32, "paper": 256}[variant]
+    config.num_positions = {"tiny": [2], "quick": [1, 3]}.get(variant, [1, 2, 3, 4, 5])
+    config.grid_positions = [1, 3, 5]
+    config.classifier_eval_images = {"tiny": 16, "quick": 200, "cpu": 1000, "paper": 5000}[
+        variant]
+
+    # One kernel step per level after the reverse step (2 gradient evaluations per level
+    # for every MCMC row, so they compare at equal NFE); RRR runs more on accelerators.
+    steps = 1 if variant != "paper" else 4
+    leapfrog = 1 if variant != "paper" else 3
+    hmc = dict(steps_per_level=steps, step=0.1, leapfrog=leapfrog, damping=0.5)
+    config.rows = [
+        _row("reverse", ("eps", "energy")),
+        _row("reverse_equal", ("eps",)),
+        _row("ula", ("eps", "energy"), steps_per_level=steps, step=0.035),
+        _row("uhmc", ("eps", "energy"), **hmc),
+        _row("mala", ("energy",), steps_per_level=steps, step=0.035),
+        _row("hmc", ("energy",), **hmc),
+        _row("mala", ("energy",), steps_per_level=steps, step=0.035, resample_ess=0.5),
+        _row("hmc", ("energy",), resample_ess=0.5, **hmc),
+    ]
+    if variant == "tiny":  # the code path of every kind of row, at the least cost
+        config.rows = [config.rows[i] for i in (0, 1, 4, 7)]
+    elif variant == "quick":
+        config.rows = [config.rows[i] for i in (0, 1, 2, 4, 5, 7)]
+        config.num_positions = [1, 3]
+    config.curve = ml_collections.ConfigDict()
+    config.curve.num_positions = 3 if variant != "tiny" else 1
+    config.curve.steps = [1, 2, 4] if variant != "tiny" else [1]
+    config.curve.rows = [_row("hmc", ("energy",), **{**hmc, "steps_per_level": 1})]
+
+    models = ml_collections.ConfigDict()
+    models.eps = clevr.get_config(f"{size},param=eps")
+    models.energy = clevr.get_config(f"{size},param=energy_dae")
+    models.classifier = clevr_classifier.get_config(size)
+    if variant == "quick":
+        for name in ("eps", "energy"):
+            models[name].train.steps = 400
+        models.classifier.train.steps = 300
+    config.models = models
+    # reverse_equal: the same eps model on the T'-level schedule that spends the costliest
+    # MCMC row's NFE from T' down to the level whose noise is sigma_1 of the T schedule.
+    base = models.energy.schedule
+    nfe = max(samplers.get(r.sampler, **{k: v for k, v in r.items() if k in (
+        "steps_per_level", "leapfrog")}, reverse_first=True).nfe(base.num_levels)
+              for r in config.rows if r.sampler not in ("reverse", "reverse_equal"))
+    sigma_1 = float(schedules.get(base.name, base.num_levels).sigma[1])
+    num_levels, _ = samplers.equal_cost_levels(base.name, sigma_1, nfe)
+    models.eps_equal = clevr.get_config(f"{size},param=eps")
+    models.eps_equal.schedule.num_levels = num_levels
+    models.eps_equal.train.steps = models.eps.train.steps
+    return config
