@@ -43,7 +43,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.guidance_scale = 1.0
     config.num_images = {"tiny": 4, "quick": 8, "cpu": 32, "paper": 256}[variant]
     config.num_positions = {"tiny": [2], "quick": [1, 3]}.get(variant, [1, 2, 3, 4, 5])
-    config.grid_positions = [1, 3, 5]
+    config.grid_positions = [2] if variant == "tiny" else [1, 3, 5]
     config.classifier_eval_images = {"tiny": 16, "quick": 200, "cpu": 1000, "paper": 5000}[
         variant]
 

@@ -1,0 +1,69 @@
+"""The CLEVR table: the accuracy computation on hand-made cases, and the table at tiny size."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from compdiff import clevr_table
+from configs import clevr_table as table_config
+
+
+def test_accuracy_needs_every_requested_position():
+    probs = np.array([[0.9, 0.8, 0.6],   # all present: correct
+                      [0.9, 0.4, 0.99],  # one missing: wrong
+                      [0.51, 0.51, 0.51],
+                      [0.5, 0.9, 0.9]])  # exactly 0.5 is not "> 0.5"
+    assert clevr_table.accuracy(probs) == 0.5
+    assert clevr_table.accuracy(np.array([[0.7]])) == 1.0
+    with pytest.raises(ValueError, match="images, positions"):
+        clevr_table.accuracy(np.array([0.7, 0.2]))
+
+
+class _LeftHalf(nn.Module):
+    """A hand-made 'classifier': an object is present wherever the query has u < 0.5."""
+
+    @nn.compact
+    def __call__(self, x, t, cond):
+        scale = self.param("scale", nn.initializers.ones, ())
+        return scale * 10.0 * (0.5 - cond.value[:, :1])
+
+
+def test_presence_probs_keep_images_and_positions_apart():
+    positions = np.array([[[0.1, 0.5], [0.9, 0.5]],
+                          [[0.2, 0.2], [0.3, 0.8]],
+                          [[0.7, 0.1], [0.8, 0.9]]], np.float32)
+    probs = clevr_table.presence_probs(_LeftHalf(), {"scale": jnp.ones(())},
+                                       jnp.zeros((3, 12)), positions)
+    np.testing.assert_array_equal(probs > 0.5, [[True, False], [True, True], [False, False]])
+    assert clevr_table.accuracy(probs) == pytest.approx(1 / 3)
+
+
+def test_table_at_tiny_size(tmp_path):
+    config = table_config.get_config("tiny")
+    config.data_dir = str(tmp_path / "data")
+    result = clevr_table.run(config, str(tmp_path / "run"))
+    with open(tmp_path / "run" / "clevr_table.json") as f:
+        saved = json.load(f)
+    assert saved["rows"] == result["rows"]
+    assert 0.0 <= saved["classifier_accuracy"] <= 1.0
+    assert saved["machine"] and saved["wall_seconds"] > 0
+    cells = {(r["model"], r["sampler"], r["num_positions"]): r for r in saved["rows"]}
+    for key in [("eps", "reverse", 2), ("energy", "reverse", 2), ("eps", "reverse_equal", 2),
+                ("energy", "mala", 2), ("energy", "hmc+smc", 2)]:
+        row = cells[key]
+        assert 0.0 <= row["accuracy"] <= 1.0 and row["nfe"] > 0 and row["seconds"] > 0, key
+    # Equal cost: reverse_equal spends what the MCMC rows spend; reverse spends T.
+    assert cells[("eps", "reverse_equal", 2)]["nfe"] == cells[("energy", "mala", 2)]["nfe"]
+    assert cells[("energy", "reverse", 2)]["nfe"] == config.models.energy.schedule.num_levels
+    assert cells[("eps", "mala", 2)]["status"] == "n/a"
+    assert "score-only" in cells[("eps", "mala", 2)]["reason"]
+    text = open(tmp_path / "run" / "clevr_table.md").read()
+    assert "| energy | mala |" in text and "Machine:" in text
+    figures = os.listdir(tmp_path / "run" / "figures")
+    assert {"accuracy_vs_steps.png", "k2_energy_mala.png", "k2_eps_reverse.png"} <= set(figures)

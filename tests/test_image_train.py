@@ -1,0 +1,141 @@
+"""Training on image data: resumable batches, kill/resume, classifiers, the paper config."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from compdiff import train
+from compdiff.data import clevr_positions, examples, images
+from configs import clevr, clevr_classifier
+
+_ROOT = pathlib.Path(__file__).parent.parent
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("data"))
+    clevr_positions.prepare("tiny", path)
+    return path
+
+
+def _config(data_dir, steps, **train_overrides):
+    config = clevr.get_config("tiny")
+    config.data.data_dir = data_dir
+    config.train.steps = steps
+    config.train.update(train_overrides)
+    return config
+
+
+def test_batches_are_a_function_of_the_step(data_dir):
+    source = clevr_positions.data_source("tiny", "train", data_dir)
+    batches = images.ImageBatches(source, examples.image_position, batch_size=8, seed=3)
+    again = images.ImageBatches(source, examples.image_position, batch_size=8, seed=3)
+    from_five = next(batches.iterate(5))
+    np.testing.assert_array_equal(np.asarray(from_five["x"]), again.get(5)["x"])
+    np.testing.assert_array_equal(np.asarray(from_five["cond"]), again.get(5)["cond"])
+    assert not np.array_equal(batches.get(5)["x"], batches.get(6)["x"])
+    # 256 records, batch 8: step 32 starts a new epoch in a new order.
+    assert not np.array_equal(batches.get(0)["x"], batches.get(32)["x"])
+    x, cond = batches.get(0)["x"], batches.get(0)["cond"]
+    assert x.shape == (8, 16 * 16 * 3) and x.min() >= -1 and x.max() <= 1
+    assert cond.shape == (8, 2) and np.all((cond >= 0) & (cond <= 1))
+
+
+def test_image_training_resumes_bit_identically(data_dir, tmp_path):
+    straight = train.train(_config(data_dir, 4), str(tmp_path / "straight"))
+    interrupted = str(tmp_path / "interrupted")
+    train.train(_config(data_dir, 2), interrupted)  # stops as a killed run would, at step 2
+    resumed = train.train(_config(data_dir, 4), interrupted)
+    for a, b in zip(jax.tree.leaves(straight.params), jax.tree.leaves(resumed.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with open(os.path.join(interrupted, "metrics.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    assert [r["step"] for r in records] == [2, 4]
+    assert all(r["examples_per_sec"] > 0 for r in records)
+    saved = json.load(open(os.path.join(interrupted, "config.json")))
+    assert saved["model"]["image_shape"] == [16, 16, 3] and saved["model"]["cond_dim"] == 2
+    model = train.load_model(interrupted)
+    assert model.dim == 768 and model.cond_dim == 2
+
+
+def test_kill_9_mid_training_resumes_bit_identically(data_dir, tmp_path):
+    """A SIGKILL'ed image training (after its first checkpoint) resumes to the same state."""
+    from tests.test_faults import _CHILD, kill, wait_stepping
+
+    config = _config(data_dir, 8, checkpoint_every=2, log_every=2)
+    straight = train.train(config, str(tmp_path / "straight"))
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, str(killed), config.to_json(), "0.5", "0.0"],
+        cwd=_ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        env={**os.environ, "PYTHONPATH": str(_ROOT)})
+    wait_stepping(proc, timeout=120)
+    deadline = time.time() + 120
+    while not (killed / "checkpoints" / "2").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    kill(proc)
+    saved = sorted(os.listdir(killed / "checkpoints"))
+    assert "2" in saved and "8" not in saved, saved
+    resumed = train.train(config, str(killed))
+    for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_sample_grids_are_written_while_training(data_dir, tmp_path):
+    train.train(_config(data_dir, 2, sample_every=2), str(tmp_path / "run"))
+    assert os.path.getsize(tmp_path / "run" / "samples" / "step_2.png") > 0
+
+
+def test_classifier_trains_through_the_same_loop(data_dir, tmp_path):
+    config = clevr_classifier.get_config("tiny")
+    config.data.data_dir = data_dir
+    config.train.steps = 3
+    train.train(config, str(tmp_path / "clf"))
+    saved, network, params = train.load_params(str(tmp_path / "clf"))
+    assert saved.task == "classifier"
+    logits = train.LinenApply(network)(params, jnp.zeros((2, 768)), None,
+                                       jnp.full((2, 2), 0.5))
+    assert logits.shape == (2, 1)
+    with pytest.raises(ValueError, match="not a diffusion model"):
+        train.load_model(str(tmp_path / "clf"))
+
+
+def test_wrong_condition_length_is_a_clear_error(data_dir, tmp_path):
+    config = _config(data_dir, 1)
+    config.model.cond_dim = 3
+    with pytest.raises(ValueError, match="cond_dim is 3 but the data's conditions have length 2"):
+        train.train(config, str(tmp_path / "bad"))
+
+
+def test_paper_config_shapes_and_one_step():
+    """RRR appendix G's model (64 px, channels 128, 1,2,3,4, 3 blocks) at batch 2."""
+    config = clevr.get_config("paper,param=eps")
+    config.model.image_shape, config.model.dim = [64, 64, 3], 64 * 64 * 3
+    network = train.make_network(config)
+    state = jax.eval_shape(lambda: train.init_state(config, network, jax.random.key(0)))
+    count = sum(np.prod(p.shape) for p in jax.tree.leaves(state.params))
+    assert 100e6 < count < 130e6, count
+    assert (network.channels, network.channel_mult, network.num_res_blocks) == (
+        128, (1, 2, 3, 4), 3)
+    assert config.schedule.num_levels == 100 and config.train.batch_size == 1024
+    assert config.train.lr == 1e-4 and config.train.steps == 20_000
+    # One update at batch 2: the step compiles and runs on the full-size network.
+    state = train.init_state(config, network, jax.random.key(0))
+    batch = {"x": jax.random.normal(jax.random.key(1), (2, network.dim)),
+             "cond": jnp.full((2, 2), 0.5)}
+    sharding = train.NamedSharding(train._replicated().mesh, train.PartitionSpec("batch"))
+    state, loss = train._train_step(
+        state, jax.random.key(2), None, train.make_schedule(config), batch, network=network,
+        parameterization="eps", batch_size=2, lr=1e-4, grad_clip=10.0, ema_decay=0.9999,
+        sharding=sharding, cond_dropout=0.1)
+    assert np.isfinite(float(loss)) and int(state.step) == 1
