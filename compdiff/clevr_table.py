@@ -240,8 +240,10 @@ def _cell(config, workdir, models, model_name, spec, k, positions, classifier, c
             workdir, "figures", f"k{k}_{model_name}_{label}.png"), marks=positions[:16])
     logging.info("K=%d %-6s %-14s accuracy %.3f  nfe %d  %.1fs", k, model_name, label, acc,
                  stats.nfe, seconds)
+    accept = np.asarray(stats.accept)
     return {**base, "accuracy": acc, "nfe": int(stats.nfe), "seconds": seconds,
-            "diverged": int(stats.diverged)}
+            "diverged": int(stats.diverged),
+            "accept": None if np.all(np.isnan(accept)) else float(np.nanmean(accept))}
 
 
 def _steps_curve(config, workdir, model, test, classifier, cparams) -> list[dict]:

@@ -205,7 +205,7 @@ def make_network(config: ml_collections.ConfigDict, dim: int | None = None) -> N
                     num_res_blocks=m.num_res_blocks,
                     attention_resolutions=tuple(m.attention_resolutions),
                     num_heads=m.get("num_heads", 4), cond_dim=m.get("cond_dim", 0),
-                    remat=m.get("remat", False))
+                    remat=m.get("remat", False), position_map=m.get("position_map", 0.0))
     if kind == "classifier":
         return ImageClassifier(image_shape=shape, num_outputs=m.num_outputs,
                                channels=m.channels, channel_mult=tuple(m.channel_mult),
@@ -553,6 +553,7 @@ def _run(state: TrainState, step_fn, data_key: Array, data, batches: Iterator,
             logging.info("Compiled and ran step %d in %.1fs", step, time.time() - t_start)
             t_window, timed = time.time(), 0
         if step % tc.log_every == 0 or step == tc.steps:
+            jax.block_until_ready(loss)  # steps are dispatched ahead: time them done
             _log(workdir, step, tc.steps, losses, timed / max(time.time() - t_window, 1e-9),
                  time.time() - t_start, tc.batch_size)
             t_window, timed, losses = time.time(), 0, []

@@ -19,21 +19,12 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from compdiff.models.conditioning import Conditions
+from compdiff.models.conditioning import Conditions, position_map
 from compdiff.models.mlp import sinusoidal_embedding
 from compdiff.models.unet import norm_groups
 
 Array = jnp.ndarray
 QUERIES = ("none", "position")
-
-
-def position_map(positions: Array, height: int, width: int, sigma: float) -> Array:
-    """``[B, H, W, 1]`` Gaussian bumps at ``positions [B, 2]`` (``(u, v)``; pixel centres)."""
-    u = (jnp.arange(width) + 0.5) / width
-    v = (jnp.arange(height) + 0.5) / height
-    du = (u[None, None, :] - positions[:, 0, None, None]) ** 2
-    dv = (v[None, :, None] - positions[:, 1, None, None]) ** 2
-    return jnp.exp(-(du + dv) / (2 * sigma**2))[..., None]
 
 
 class ImageClassifier(nn.Module):

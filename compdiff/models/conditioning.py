@@ -71,3 +71,12 @@ def embed(conditions: Conditions | None, embedded: Array, null_embedding: Array)
     if conditions is None:
         return jnp.broadcast_to(null_embedding, embedded.shape)
     return jnp.where(conditions.present[:, None], embedded, null_embedding)
+
+
+def position_map(positions: Array, height: int, width: int, sigma: float) -> Array:
+    """``[B, H, W, 1]`` Gaussian bumps at ``positions [B, 2]`` (``(u, v)``; pixel centres)."""
+    u = (jnp.arange(width) + 0.5) / width
+    v = (jnp.arange(height) + 0.5) / height
+    du = (u[None, None, :] - positions[:, 0, None, None]) ** 2
+    dv = (v[None, :, None] - positions[:, 1, None, None]) ** 2
+    return jnp.exp(-(du + dv) / (2 * sigma**2))[..., None]

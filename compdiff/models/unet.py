@@ -129,6 +129,11 @@ class UNet(nn.Module):
       cond_dim: length of ``cond.value``; 0 for an unconditional network.
       remat: rematerialize ResBlocks and attention blocks in the backward pass
         (less memory, same outputs and gradients).
+      position_map: when > 0, the first two entries of each condition are an image-plane
+        position ``(u, v)`` in ``[0, 1]^2``, also given to the network as an extra input
+        channel, a Gaussian bump of this width there (zero for the null condition). A
+        small network learns "draw an object here" from it far faster than from the
+        embedding alone (``docs/design_notes.md``).
     """
 
     image_shape: tuple[int, int, int]
@@ -141,6 +146,7 @@ class UNet(nn.Module):
     num_groups: int = 8
     cond_dim: int = 0
     remat: bool = False
+    position_map: float = 0.0
 
     def __post_init__(self) -> None:
         # At construction, not first call: a bad config fails where it is built.
@@ -157,6 +163,9 @@ class UNet(nn.Module):
         return 4 * self.channels
 
     def _check_settings(self) -> None:
+        if self.position_map < 0 or (self.position_map > 0 and self.cond_dim < 2):
+            raise ValueError(f"position_map={self.position_map} must be >= 0, and > 0 needs "
+                             f"position conditions (cond_dim >= 2, got {self.cond_dim})")
         def positive_int(name: str, v, minimum: int = 1) -> None:
             if not _is_int(v) or v < minimum:
                 raise ValueError(f"{name} must be an integer >= {minimum}; got {v!r}")
@@ -241,6 +250,16 @@ class UNet(nn.Module):
         c = conditioning.embed(cond, jnp.broadcast_to(c, (batch, self.emb_dim)), null)
         return emb + c
 
+    def _position_channel(self, cond: Conditions | None, batch: int) -> Array:
+        """``[B, H, W, 1]``: a bump of width ``position_map`` at ``cond.value[:, :2]``, zero
+        for the null condition."""
+        height, width, _ = self.image_shape
+        if cond is None:
+            return jnp.zeros((batch, height, width, 1), jnp.float32)
+        bumps = conditioning.position_map(cond.value[:, :2].astype(jnp.float32), height, width,
+                                          self.position_map)
+        return bumps * cond.present[:, None, None, None]
+
     @nn.compact
     def __call__(self, x: Array, t: Array, cond: Conditions | None = None) -> Array:
         x = jnp.asarray(x)
@@ -257,6 +276,8 @@ class UNet(nn.Module):
         last = len(self.channel_mult) - 1
 
         h = x.reshape(batch, height, width, c_out).astype(jnp.float32)
+        if self.position_map > 0:
+            h = jnp.concatenate([h, self._position_channel(cond, batch)], axis=-1)
         h = nn.Conv(self.channels, (3, 3), padding=1, name="conv_in")(h)
         skips = [h]
         res = height
