@@ -264,3 +264,21 @@ def test_paper_architecture_builds():
     count = sum(p.size for p in jax.tree.leaves(variables["params"]))
     print(f"paper UNet parameters: {count}")
     assert 1e8 < count < 2e8
+
+
+def test_position_map_channel_reads_the_position_and_ignores_null_values(x):
+    net, params = build(cond_dim=2, position_map=0.1)
+    apply = jit_apply(net)
+    t = jnp.full((B,), 7, jnp.int32)
+    left = given(jnp.tile(jnp.array([[0.2, 0.5]]), (B, 1)))
+    right = given(jnp.tile(jnp.array([[0.8, 0.5]]), (B, 1)))
+    assert not np.allclose(apply(params, x, t, left), apply(params, x, t, right))
+    # The bump alone moves the output: zero the embedding path's dependence on the value.
+    no_embed = jax.tree.map(lambda p: p, params)
+    no_embed["cond_in"]["kernel"] = jnp.zeros_like(params["cond_in"]["kernel"])
+    assert not np.allclose(apply(no_embed, x, t, left), apply(no_embed, x, t, right))
+    absent = left.replace(present=jnp.zeros(B, bool))
+    np.testing.assert_array_equal(apply(params, x, t, absent),
+                                  apply(params, x, t, right.replace(present=jnp.zeros(B, bool))))
+    with pytest.raises(ValueError, match="position_map"):
+        build(cond_dim=0, position_map=0.1)
