@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import platform
 import time
@@ -286,6 +287,60 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, jax {jax.__version__} on {jax.devices()[0].platform}"
 
 
+def _mean_accuracy(rows: list[dict], model: str, sampler: str, ks: list[int]) -> float | None:
+    vals = [r["accuracy"] for r in rows if r["model"] == model and r["sampler"] == sampler
+            and r["num_positions"] in ks and "accuracy" in r]
+    return float(np.mean(vals)) if len(vals) == len(ks) else None
+
+
+def claims(result: dict) -> list[str]:
+    """RRR's claims checked on the table (mean accuracy over 3-5 composed positions):
+    MCMC beats reverse diffusion, and Metropolis-adjusted beats unadjusted. Where a
+    claim fails, the SMC rows (asymptotically exact for the models' own composition)
+    and the single-position accuracy (the model alone) say whether the sampler or the
+    model is short."""
+    rows = result["rows"]
+    ks = [k for k in sorted({r["num_positions"] for r in rows}) if k >= 3]
+    if not ks:
+        return []
+    acc = {(m, s): _mean_accuracy(rows, m, s, ks)
+           for m, s in dict.fromkeys((r["model"], r["sampler"]) for r in rows)}
+    acc = {key: v for key, v in acc.items() if v is not None}
+    span = f"{ks[0]}-{ks[-1]}" if len(ks) > 1 else str(ks[0])
+    lines = [f"Mean accuracy over {span} composed positions: " + ", ".join(
+        f"{m} {s} {v:.2f}" for (m, s), v in acc.items()) + "."]
+    n = result["config"]["num_images"] * len(ks)
+
+    def verdict(a: float, b: float) -> str:
+        """Whether ``a > b`` beyond two standard errors of the difference (n images each)."""
+        se = math.sqrt(max(a * (1 - a) + b * (1 - b), 1e-12) / n)
+        if a - b > 2 * se:
+            return "holds"
+        return "fails" if b - a > 2 * se else f"unresolved (|difference| < 2 s.e. = {2 * se:.2f})"
+
+    reverse = {key: v for key, v in acc.items() if key[1] in ("reverse", "reverse_equal")}
+    mcmc = {key: v for key, v in acc.items() if key not in reverse}
+    if reverse and mcmc:
+        best, rev = max(mcmc, key=mcmc.get), max(reverse, key=reverse.get)
+        lines.append(f"MCMC beats reverse diffusion: {verdict(mcmc[best], reverse[rev])} "
+                     f"(best MCMC, {' '.join(best)}, {mcmc[best]:.2f}; best reverse, "
+                     f"{' '.join(rev)}, {reverse[rev]:.2f}).")
+    for adjusted, unadjusted in (("mala", "ula"), ("hmc", "uhmc")):
+        a, u = acc.get(("energy", adjusted)), acc.get(("energy", unadjusted))
+        if a is not None and u is not None:
+            lines.append(f"Metropolis-adjusted beats unadjusted, {adjusted} vs {unadjusted} "
+                         f"(energy model): {verdict(a, u)} ({a:.2f} vs {u:.2f}).")
+    single = [r["accuracy"] for r in rows if r["num_positions"] == 1 and "accuracy" in r
+              and r["sampler"] == "reverse"]
+    smc = {s: v for (m, s), v in acc.items() if s.endswith("+smc")}
+    if single:
+        lines.append(f"Model alone (one position, reverse diffusion): accuracy "
+                     f"{max(single):.2f}." + (" With SMC resampling (exact for the models' "
+                     "own composition as chains grow): " + ", ".join(
+                         f"{s} {v:.2f}" for s, v in smc.items()) + "." if smc else ""))
+    return lines
+
+
 def markdown(result: dict) -> str:
     """Accuracy by sampler (rows) and number of composed positions (columns)."""
     rows = result["rows"]
@@ -306,6 +361,7 @@ def markdown(result: dict) -> str:
         if all(c == "n/a" for c in cells):
             continue
         lines.append(f"| {model} | {sampler} | " + " | ".join(cells) + f" | {nfe} |")
+    lines += [""] + claims(result)
     lines.append(f"\nEvaluation classifier accuracy on held-out renders: "
                  f"{result['classifier_accuracy']:.3f}.")
     if result.get("steps_curve"):
