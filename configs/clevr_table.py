@@ -60,10 +60,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         _row("reverse_equal", ("eps",)),
         _row("ula", ("eps", "energy"), steps_per_level=steps, step=0.035),
         _row("uhmc", ("eps", "energy"), **hmc),
-        _row("mala", ("energy",), steps_per_level=steps, step=0.035),
-        _row("hmc", ("energy",), **hmc),
-        _row("mala", ("energy",), steps_per_level=steps, step=0.035, resample_ess=0.5),
-        _row("hmc", ("energy",), resample_ess=0.5, **hmc),
+        # eps cells of Metropolis rows are "n/a" rows with the reason (score-only model).
+        _row("mala", ("eps", "energy"), steps_per_level=steps, step=0.035),
+        _row("hmc", ("eps", "energy"), **hmc),
+        _row("mala", ("eps", "energy"), steps_per_level=steps, step=0.035, resample_ess=0.5),
+        _row("hmc", ("eps", "energy"), resample_ess=0.5, **hmc),
     ]
     if variant == "tiny":  # the code path of every kind of row, at the least cost
         config.rows = [config.rows[i] for i in (0, 1, 4, 7)]
