@@ -156,6 +156,10 @@ def composition(model: DiffusionModel, positions: np.ndarray, scale: float,
     return product(terms, [1.0 - k * scale] + [scale] * k + [0.0] * pads)
 
 
+def _pad_to(config: ml_collections.ConfigDict) -> int:
+    return max(config.num_positions) if config.get("pad_conditions", False) else 0
+
+
 def sample_cell(model: DiffusionModel, positions: np.ndarray, sampler: samplers.Sampler,
                 key: Array, scale: float, schedule=None, pad_to: int = 0
                 ) -> tuple[np.ndarray, Any]:
@@ -252,7 +256,7 @@ def _cell(config, workdir, models, model_name, spec, k, positions, classifier, c
     key = jax.random.fold_in(jax.random.key(config.seed), 1000 * k + len(label))
     t0 = time.time()
     x, stats = sample_cell(model, positions, sampler, key, config.guidance_scale, schedule,
-                           pad_to=max(config.num_positions))
+                           pad_to=_pad_to(config))
     seconds = time.time() - t0
     acc = accuracy(presence_probs(classifier, cparams, x, positions))
     images = to_uint8(x, image_shape)
@@ -279,7 +283,7 @@ def _steps_curve(config, workdir, model, test, classifier, cparams) -> list[dict
             sampler = make_sampler(spec, steps=steps)
             x, stats = sample_cell(model, positions, sampler,
                                    jax.random.fold_in(jax.random.key(config.seed), steps),
-                                   config.guidance_scale, pad_to=max(config.num_positions))
+                                   config.guidance_scale, pad_to=_pad_to(config))
             acc = accuracy(presence_probs(classifier, cparams, x, positions))
             curve.append({"sampler": row_label(spec), "steps_per_level": steps,
                           "accuracy": acc, "nfe": int(stats.nfe)})
