@@ -35,7 +35,6 @@ import functools
 import json
 import math
 import os
-import platform
 import time
 from typing import Any
 
@@ -45,7 +44,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from compdiff import image_grids, samplers, train
+from compdiff import image_grids, samplers, table2d, train
 from compdiff.compose import Density, product
 from compdiff.data import clevr_positions
 from compdiff.data.images import to_uint8, to_unit_range
@@ -229,7 +228,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                   classifier, cparams, image_shape))
     curve = _steps_curve(config, workdir, models["energy"], test, classifier, cparams)
     result = {"rows": rows, "classifier_accuracy": clf_acc, "steps_curve": curve,
-              "train_seconds": train_seconds, "machine": machine(),
+              "train_seconds": train_seconds, "machine": table2d.machine(),
               "config": json.loads(config.to_json()), "wall_seconds": time.time() - t_start}
     with open(os.path.join(workdir, "clevr_table.json"), "w") as f:
         json.dump(result, f, indent=1)
@@ -299,16 +298,6 @@ def _steps_curve(config, workdir, model, test, classifier, cparams) -> list[dict
     fig.savefig(os.path.join(workdir, "figures", "accuracy_vs_steps.png"), dpi=120)
     plt.close(fig)
     return curve
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, jax {jax.__version__} on {jax.devices()[0].platform}"
 
 
 def _mean_accuracy(rows: list[dict], model: str, sampler: str, ks: list[int]) -> float | None:
