@@ -27,15 +27,32 @@ ring needs about 10000 steps to resolve its 8 modes) and is otherwise
 smoke test of the whole pipeline: 25 levels, 2 x 64 networks trained 300 steps.
 
 Fields are overridable on the command line, e.g. ``--config.num_samples=500``.
+
+Sweeps (``scripts/sweep.py``, :mod:`compdiff.sweep`; ``docs/sweep.md``): each
+point is a run of ``scripts/table2d.py`` restricted to the oracle product
+``ring * bar`` and the ``hmc`` row, scored against the exact product.
+
+- ``hmc_step_damping``: HMC step ``samplers.hmc.step_a`` x momentum damping
+  ``samplers.hmc.damping`` (run it with the ``paper`` variant).
+- ``smoke``: two points at a tiny size, for tests.
+
+    python scripts/sweep.py --config=configs/table2d.py:paper --sweep=hmc_step_damping \
+        --workdir=runs/sweep_hmc --parallel=2
 """
 
 from __future__ import annotations
 
 import ml_collections
 
+from compdiff import sweep
 from configs import toy2d
 
 VARIANTS = ("quick", "paper", "full")
+SWEEP_SCRIPT = "scripts/table2d.py"
+SWEEP_METRICS = "table2d.json"
+SWEEP_METRIC_KEYS = ("ll", "ll_exact", "mode_tv", "mmd", "var", "accept", "accept_level1",
+                     "diverged", "seconds")
+SWEEPS = ("hmc_step_damping", "smoke")
 
 
 def _sampler(kind: str, **overrides) -> ml_collections.ConfigDict:
@@ -129,3 +146,20 @@ def get_config(arg: str | None = "quick") -> ml_collections.ConfigDict:
     config.samplers.hmc_smc = _sampler("hmc", steps_per_level=3, leapfrog=3, step_a=0.03,
                                        resample_ess=0.5)
     return config
+
+
+def get_sweep(name: str) -> list[dict]:
+    """Override dicts of the sweep ``name`` (module docstring): HMC on the oracle product."""
+    only_hmc_on_product = sweep.fixed_point({"models": ("oracle",),
+                                             "composition_names": ("product",),
+                                             "sampler_names": ("hmc",)})
+    if name == "hmc_step_damping":
+        return sweep.product(only_hmc_on_product,
+                             sweep.values("samplers.hmc.step_a", (0.01, 0.03, 0.1)),
+                             sweep.values("samplers.hmc.damping", (0.0, 0.5, 0.7, 0.9)))
+    if name == "smoke":
+        tiny = sweep.fixed_point({"schedule.num_levels": 10, "num_samples": 100,
+                                  "grid.size": 60, "figure.grid_size": 20})
+        return sweep.product(only_hmc_on_product, tiny,
+                             sweep.values("samplers.hmc.step_a", (0.03, 0.1)))
+    raise ValueError(f"unknown table2d sweep {name!r}; known: {list(SWEEPS)}")
