@@ -22,6 +22,7 @@ setup(
         "array-record>=0.5",
         "grain>=0.2.6",
         "tqdm>=4.66",
+        "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
     ],
     extras_require={"test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6"]},
 )

@@ -28,6 +28,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.sharding import NamedSharding
 
+from compdiff import distributed
+
 
 def open_manager(workdir: str, keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
     directory = os.path.join(workdir, "checkpoints")
@@ -179,7 +181,14 @@ def restore_newest(workdir: str, abstract: Any, sharding: NamedSharding, *,
     if not failed:
         return manager, *found
     for path, reason in failed:  # one line each, once we know what becomes of it
-        fate = "left in place" if read_only else f"moved to {move_aside(path)}"
+        if read_only:
+            fate = "left in place"
+        elif distributed.is_main():  # every process of a multi-host run finds it; one moves it
+            fate = f"moved to {move_aside(path)}"
+        else:
+            fate = "moved aside by process 0"
         logging.warning("Checkpoint %s does not restore (%s); %s, using step %d",
                         path, reason, fate, found[0])
+    if not read_only:
+        distributed.sync("compdiff.checkpoints: failed checkpoints moved aside")
     return open_manager(workdir, keep=keep, read_only=read_only), *found

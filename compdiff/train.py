@@ -57,12 +57,16 @@ Work directory::
                      ``model.dim`` holds the data's dimension, next to the network
                      (``model.*``), parameterization and schedule; ``data.path`` is
                      absolute, and ``data.dataset`` is "" when a path was given
-    metrics.jsonl    one JSON line per log: step, loss, steps_per_sec, elapsed_s
+    metrics.jsonl    one JSON line per log: step, loss, steps_per_sec, examples_per_sec,
+                     elapsed_s
+    tb/              the same scalars (and ``lr``) as TensorBoard event files, tags
+                     ``train/<name>`` (tensorboardX, no TensorFlow): ``tensorboard --logdir``
     checkpoints/N/   orbax checkpoints of the TrainState after N steps (the last few)
     checkpoints/N.corrupt/   a checkpoint that did not restore, moved aside (never deleted)
                      when an older one did, so that the run resumes and may save step N
                      again (``N.corrupt.2``, ... if the name is taken)
-    LOCK             flock'ed by the training that uses the directory, with its pid, host
+    LOCK, LOCK.<i>   flock'ed by the training that uses the directory (process 0, process i
+                     of a multi-host run), with its pid, host
                      and start time; empty when free (:mod:`compdiff.workdir`)
 
 Surviving a kill (kill -9 included) at any moment:
@@ -103,7 +107,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from compdiff import checkpoints, schedules
+from compdiff import checkpoints, distributed, schedules
 from compdiff import workdir as workdir_lib
 from compdiff.compose import Density
 from compdiff.data import images, points, toy2d
@@ -422,15 +426,43 @@ def _write_atomically(path: str, text: str) -> None:
 
 
 def _log(workdir: str, step: int, steps: int, losses: list[Array], rate: float,
-         elapsed: float, batch_size: int) -> None:
-    """Console line and a metrics.jsonl record for the steps since the last log."""
+         elapsed: float, batch_size: int, board: Any = None, lr: float | None = None) -> None:
+    """Console line, metrics.jsonl record and TensorBoard scalars for the steps since the
+    last log (process 0 writes; ``board`` is its tensorboardX writer, None elsewhere)."""
     loss = float(jnp.mean(jnp.stack(losses)))
     eta = f"{(steps - step) / rate:.0f}s" if rate > 0 else "?"
     logging.info("step %d/%d  loss %.4f  %.2f steps/s  %.0f examples/s  ETA %s", step, steps,
                  loss, rate, rate * batch_size, eta)
-    if jax.process_index() == 0:
-        _write_metrics(workdir, {"step": step, "loss": loss, "steps_per_sec": rate,
-                                 "examples_per_sec": rate * batch_size, "elapsed_s": elapsed})
+    if not distributed.is_main():
+        return
+    record = {"step": step, "loss": loss, "steps_per_sec": rate,
+              "examples_per_sec": rate * batch_size, "elapsed_s": elapsed}
+    _write_metrics(workdir, record)
+    if board is not None:
+        scalars = {k: v for k, v in record.items() if k not in ("step", "elapsed_s")}
+        if lr is not None:
+            scalars["lr"] = lr
+        for name, value in scalars.items():
+            board.add_scalar(f"train/{name}", value, step)
+        board.flush()
+
+
+TB_DIR = "tb"
+
+
+def _open_board(workdir: str, start: int) -> Any:
+    """Process 0's TensorBoard writer on ``workdir/tb`` (None on other processes).
+
+    tensorboardX writes event files without TensorFlow. A resumed run purges
+    the points an earlier run logged after ``start`` (TensorBoard drops them
+    when it reads the file), as :func:`_truncate_metrics` drops their lines.
+    """
+    if not distributed.is_main():
+        return None
+    import tensorboardX  # only process 0 writes
+
+    return tensorboardX.SummaryWriter(os.path.join(workdir, TB_DIR),
+                                      purge_step=start + 1 if start else None)
 
 
 def _truncate_metrics(workdir: str, step: int) -> None:
@@ -482,7 +514,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     config = resolve_config(config, data)
     network = make_network(config)
 
-    with workdir_lib.lock(workdir):  # before the manager, whose cleanup deletes tmp saves
+    # Before the manager, whose cleanup deletes tmp saves. One lock file per process, so
+    # the processes of one multi-host run share the directory and a second run fails.
+    with workdir_lib.lock(workdir, process=jax.process_index()):
         return _train_locked(config, workdir, schedule, data, network)
 
 
@@ -495,7 +529,9 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: str,
     if isinstance(data, points.Points):  # on every device once, not copied there every step
         data = jax.device_put(data, replicated)
     init_key, data_key = jax.random.split(jax.random.key(tc.seed))
-    checkpoints.remove_unfinished_saves(workdir)
+    if distributed.is_main():
+        checkpoints.remove_unfinished_saves(workdir)
+    distributed.sync("compdiff.train: unfinished saves removed")
     manager: ocp.CheckpointManager | None = checkpoints.open_manager(
         workdir, keep=tc.keep_checkpoints)
     try:
@@ -509,10 +545,11 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: str,
                 workdir, _abstract_state(config, network), replicated,
                 keep=tc.keep_checkpoints)
             logging.info("Resuming from step %d (%s)", latest, manager.directory)
-        _write_atomically(_config_path(workdir), config.to_json(indent=2))
         state = jax.device_put(state, replicated)
         start = int(state.step)
-        _truncate_metrics(workdir, start)
+        if distributed.is_main():
+            _write_atomically(_config_path(workdir), config.to_json(indent=2))
+            _truncate_metrics(workdir, start)
         if start >= tc.steps:
             logging.info("Nothing to do: %s already trained for %d steps", workdir, start)
             return state
@@ -529,8 +566,13 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: str,
         else:
             batches = itertools.repeat(None)
         hook = _sample_grid_hook(config, network, workdir)
-        return _run(state, step_fn, data_key, data, batches, schedule, manager, workdir, tc,
-                    start, hook)
+        board = _open_board(workdir, start)
+        try:
+            return _run(state, step_fn, data_key, data, batches, schedule, manager, workdir,
+                        tc, start, hook, board)
+        finally:
+            if board is not None:
+                board.close()
     finally:
         if manager is not None:
             # Also on Ctrl-C: let an in-flight save finish so the next run resumes from it.
@@ -540,7 +582,7 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: str,
 
 def _run(state: TrainState, step_fn, data_key: Array, data, batches: Iterator,
          schedule: schedules.Schedule, manager: ocp.CheckpointManager, workdir: str,
-         tc: ml_collections.ConfigDict, start: int, hook=None) -> TrainState:
+         tc: ml_collections.ConfigDict, start: int, hook=None, board=None) -> TrainState:
     """Steps ``start + 1 .. tc.steps`` with logging, checkpoints and the periodic ``hook``."""
     t_start = time.time()
     t_window, timed, losses = t_start, 0, []
@@ -555,7 +597,7 @@ def _run(state: TrainState, step_fn, data_key: Array, data, batches: Iterator,
         if step % tc.log_every == 0 or step == tc.steps:
             jax.block_until_ready(loss)  # steps are dispatched ahead: time them done
             _log(workdir, step, tc.steps, losses, timed / max(time.time() - t_window, 1e-9),
-                 time.time() - t_start, tc.batch_size)
+                 time.time() - t_start, tc.batch_size, board, tc.lr)
             t_window, timed, losses = time.time(), 0, []
         if step % tc.checkpoint_every == 0 or step == tc.steps:
             manager.save(step, args=ocp.args.StandardSave(state))
@@ -575,9 +617,11 @@ def _sample_grid_hook(config: ml_collections.ConfigDict, network: Network, workd
         return None
     from compdiff import image_grids  # matplotlib only where grids are drawn
 
+    if jax.process_count() > 1:  # the grid samples on process 0 alone, which would hang
+        logging.warning("train.sample_every: sample grids are not drawn in a multi-process run")
+        return None
+
     def hook(state: TrainState, step: int) -> None:
-        if jax.process_index() != 0:
-            return
         model = build_model(config, state.ema_params)
         image_grids.save_model_grid(model, tuple(config.model.image_shape),
                                     os.path.join(workdir, "samples", f"step_{step}.png"),

@@ -14,6 +14,10 @@ opened the old file and one that creates a new one both hold "the" lock. A
 lock we acquire over a non-empty file is one whose holder died without
 releasing it; we take it over with one warning line naming that holder.
 
+The processes of one multi-host run share the directory: process ``i > 0``
+locks ``LOCK.<i>`` (``lock(workdir, process=i)``), so they do not refuse each
+other, while a second run's process ``i`` fails on the first run's.
+
 Locks are per directory: a run that locks ``root`` may start runs that lock
 ``root/models/x`` (table2d does), but locking one directory twice, even in
 one process, fails (flock locks are per open file, not per process).
@@ -59,15 +63,16 @@ def _read_holder(fd: int) -> dict | None:
 
 
 @contextlib.contextmanager
-def lock(workdir: str) -> Iterator[None]:
+def lock(workdir: str, process: int = 0) -> Iterator[None]:
     """Holds ``workdir``'s exclusive lock for the ``with`` block (creating the directory).
 
-    Raises :class:`WorkdirInUse` at once, naming the holder's pid and host,
-    if a live process holds it.
+    ``process``: this process's index in a multi-host run (0 alone). Raises
+    :class:`WorkdirInUse` at once, naming the holder's pid and host, if a live
+    process holds it.
     """
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, LOCK_FILE)
+    path = os.path.join(workdir, LOCK_FILE if process == 0 else f"{LOCK_FILE}.{process}")
     # O_CLOEXEC: a subprocess we start must not inherit (and so keep) our lock.
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:

@@ -43,7 +43,7 @@ from absl import flags
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ml_collections import config_flags
 
-from compdiff import cli, compose, table2d, train
+from compdiff import cli, compose, distributed, table2d, train
 from compdiff.models.diffusion import DiffusionModel, classifier_free_product
 from compdiff.runtime import configure_cpu
 
@@ -257,6 +257,7 @@ def _table(results: dict) -> str:
 def main(argv):
     del argv
     configure_cpu()
+    distributed.initialize()
     wall = time.perf_counter()
     load = os.getloadavg()
     config, batch, repeats = _CONFIG.value, _BATCH.value, _REPEATS.value

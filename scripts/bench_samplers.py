@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
-from compdiff import cli, samplers, schedules, table2d, train
+from compdiff import cli, distributed, samplers, schedules, table2d, train
 from compdiff.models.mlp import NORMS
 from compdiff.runtime import configure_cpu
 from configs import toy2d
@@ -295,6 +295,7 @@ def _suite(energy, eps, schedule, batch: int, levels: int, steps: int, repeats: 
 
 def main(argv):
     applied = configure_cpu()
+    distributed.initialize()
     del argv
     load = os.getloadavg()  # before this process adds to it
     batch, levels, steps, repeats = _BATCH.value, _LEVELS.value, _STEPS.value, _REPEATS.value

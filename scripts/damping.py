@@ -22,7 +22,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from compdiff import cli, oracles, samplers, schedules
+from compdiff import cli, distributed, oracles, samplers, schedules
 from compdiff.testing import min_ks_pvalue, ring_and_bar
 
 _NUM = flags.DEFINE_integer("num", 4000, "Chains per run.", lower_bound=1)
@@ -32,6 +32,7 @@ STEPS = (3, 10)
 
 
 def main(argv: list[str]) -> None:
+    distributed.initialize()
     del argv
     schedule = schedules.get("linear", 100)
     gauss = oracles.gaussian_mixture([[0.0, 0.0]], 0.2, schedule, name="gauss")

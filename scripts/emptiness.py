@@ -15,7 +15,7 @@ import time
 import jax
 from absl import flags
 
-from compdiff import cli, diagnostics, samplers, schedules
+from compdiff import cli, diagnostics, distributed, samplers, schedules
 from compdiff.data import toy2d
 
 _SEEDS = flags.DEFINE_integer("seeds", 5, "Seeds per composition.", lower_bound=1)
@@ -40,6 +40,7 @@ CASES = [
 
 
 def main(argv: list[str]) -> None:
+    distributed.initialize()
     del argv
     schedule = schedules.get("linear", _LEVELS.value)
     hmc = samplers.get("hmc", steps_per_level=3, leapfrog=3, step=0.03, damping=0.5,

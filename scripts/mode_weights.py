@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from compdiff import cli, samplers, schedules
+from compdiff import cli, distributed, samplers, schedules
 from compdiff.runtime import configure_cpu
 from compdiff.testing import min_ks_pvalue, ring_and_bar
 
@@ -41,6 +41,7 @@ SAMPLERS = {
 
 def main(argv):
     configure_cpu()
+    distributed.initialize()
     del argv
     schedule = schedules.get("linear", 100)
     ring, bar, exact = ring_and_bar(schedule)

@@ -7,7 +7,9 @@
 ``--model=NAME=WORKDIR`` loads a training run; ``--model=NAME=oracle:DATASET``
 uses a dataset's exact oracle. ``--composition`` is an expression over the
 names: ``*`` product, ``+`` mixture, ``/ b^0.5`` negation, ``^w`` weights,
-parentheses (see :mod:`compdiff.expr`). Writes ``OUT.npz`` (key ``x``) and
+parentheses (see :mod:`compdiff.expr`). In a multi-host run
+(:mod:`compdiff.distributed`) the chains are sharded over every process's
+devices and process 0 gathers them and writes. Writes ``OUT.npz`` (key ``x``) and
 ``OUT.png``; ``--exact`` also scores the samples against the same composition
 of the leaves' dataset oracles (at the samples' level, grid-normalized) and
 plots it. Samples come out at level 0 (``--level=1``: the last annealed level).
@@ -28,6 +30,7 @@ from absl import app, flags, logging
 
 from compdiff import cli, diagnostics, exact, expr, metrics, plots, samplers, schedules, train
 from compdiff.data import toy2d
+from compdiff.distributed import gather, initialize, is_main
 from compdiff.runtime import configure_cpu
 
 _MODELS = flags.DEFINE_multi_string("model", None, "NAME=WORKDIR or NAME=oracle:DATASET.")
@@ -114,6 +117,7 @@ def _load(specs: dict[str, str]):
 
 def main(argv: list[str]) -> None:
     configure_cpu()
+    initialize()
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     train.quiet_orbax_logs()
@@ -141,7 +145,7 @@ def main(argv: list[str]) -> None:
         logging.info("tuned step size: %g", sampler.step.a)
     x, stats = samplers.sample(target, sampler, schedule, key, _NUM.value,
                                denoise=level == 0)
-    x = np.asarray(x)
+    x = gather(x)  # chains are sharded over every process's devices
     verdict = None
     if _VERDICT.value and sampler.spec.needs_log_prob:
         verdict = diagnostics.mass_verdict(target, sampler, schedule,
@@ -151,6 +155,8 @@ def main(argv: list[str]) -> None:
         oracles = {n: toy2d.get(_dataset(s), schedule) for n, s in specs.items()}
         reference = exact.on_grid(expr.parse(text, oracles), level, extent=2.0)
 
+    if not is_main():  # every process sampled its chains; process 0 reports and writes
+        return
     os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
     np.savez(_OUT.value + ".npz", x=x)
     health = stats.summary()

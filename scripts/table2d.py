@@ -11,7 +11,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from compdiff import cli, table2d, train
+from compdiff import cli, distributed, table2d, train
 from compdiff.runtime import configure_cpu
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Table config file[:variant].",
@@ -22,6 +22,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv: list[str]) -> None:
     configure_cpu()
+    distributed.initialize()
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     absl_logging.set_verbosity(absl_logging.INFO)

@@ -7,7 +7,7 @@
 from absl import app, flags
 from ml_collections import config_flags
 
-from compdiff import cli, train
+from compdiff import cli, distributed, train
 from compdiff.runtime import configure_cpu
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file[:variant].",
@@ -18,6 +18,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv: list[str]) -> None:
     configure_cpu()
+    distributed.initialize()
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     train.quiet_orbax_logs()
