@@ -107,7 +107,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from compdiff import checkpoints, distributed, schedules
+from compdiff import checkpoints, distributed, schedules, sculpt
 from compdiff import workdir as workdir_lib
 from compdiff.compose import Density
 from compdiff.data import images, points, toy2d
@@ -120,8 +120,8 @@ from compdiff.models.unet import UNet
 Array = jnp.ndarray
 # Config sections that fix what a checkpoint means; resuming with others is an error.
 _MODEL_SECTIONS = ("data", "model", "schedule")
-TASKS = ("diffusion", "classifier")
-NETWORKS = ("mlp", "unet", "classifier")
+TASKS = ("diffusion", "classifier", "sculpt_classifier")
+NETWORKS = ("mlp", "unet", "classifier", "sculpt_classifier")
 Network = ResidualMLP | UNet | ImageClassifier
 
 
@@ -154,6 +154,8 @@ def make_data(config: ml_collections.ConfigDict, schedule: schedules.Schedule
     feeds batches from the host (:class:`compdiff.data.images.ImageSource`).
     """
     d = config.data
+    if task(config) == "sculpt_classifier":  # the base oracles (compdiff.sculpt)
+        return sculpt.bases_from_config(config, schedule)
     if d.get("source", ""):
         return images.ImageSource.from_config(d)
     path = d.get("path", "")
@@ -198,6 +200,8 @@ def make_network(config: ml_collections.ConfigDict, dim: int | None = None) -> N
     kind = m.get("network", "mlp")
     if kind not in NETWORKS:
         raise ValueError(f"unknown model.network {kind!r}; known: {list(NETWORKS)}")
+    if kind == "sculpt_classifier":
+        return sculpt.network_from_config(config, model_dim(config) if dim is None else dim)
     if kind != "mlp":
         shape = tuple(m.get("image_shape") or ())
         if len(shape) != 3:
@@ -336,12 +340,13 @@ def classifier_loss(params: Any, apply_fn: ApplyFn, schedule: schedules.Schedule
 
 @functools.partial(jax.jit, donate_argnums=(0,), static_argnames=(
     "network", "parameterization", "batch_size", "lr", "grad_clip", "ema_decay", "sharding",
-    "task_name", "cond_dropout", "noised"))
+    "task_name", "cond_dropout", "noised", "sculpt_op"))
 def _train_step(state: TrainState, data_key: Array, data, schedule: schedules.Schedule,
                 batch: dict | None = None, *, network: Network, parameterization: str,
                 batch_size: int, lr: float, grad_clip: float, ema_decay: float,
                 sharding: NamedSharding, task_name: str = "diffusion",
-                cond_dropout: float = 0.0, noised: bool = False) -> tuple[TrainState, Array]:
+                cond_dropout: float = 0.0, noised: bool = False,
+                sculpt_op: sculpt.Operator | None = None) -> tuple[TrainState, Array]:
     """One update on ``batch`` (from the host) or on ``data.sample`` (an oracle or
     :class:`points.Points`, a traced argument, sampled here on the devices)."""
     k_data, k_loss = jax.random.split(jax.random.fold_in(data_key, state.step))
@@ -352,6 +357,10 @@ def _train_step(state: TrainState, data_key: Array, data, schedule: schedules.Sc
             batch["cond"] = conditioning.given(batch["cond"])
         loss, grads = jax.value_and_grad(classifier_loss)(state.params, apply_fn, schedule,
                                                           batch, k_loss, noised)
+    elif task_name == "sculpt_classifier":  # bootstrapped from the EMA copy (compdiff.sculpt)
+        loss, grads = jax.value_and_grad(sculpt.classifier_loss)(
+            state.params, state.ema_params, apply_fn, data, schedule, k_loss, batch_size,
+            sculpt_op)
     else:
         cond = None
         if batch is None:
@@ -559,7 +568,9 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: str,
             batch_size=tc.batch_size, lr=tc.lr, grad_clip=tc.grad_clip, ema_decay=tc.ema_decay,
             sharding=batch_sharding, task_name=task(config),
             cond_dropout=tc.get("cond_dropout", 0.0),
-            noised=config.model.get("noise_conditional", False))
+            noised=config.model.get("noise_conditional", False),
+            sculpt_op=(sculpt.operator_from_config(config)
+                       if task(config) == "sculpt_classifier" else None))
         if isinstance(data, images.ImageSource):
             batches = data.batches(tc.batch_size, tc.seed, batch_sharding).iterate(start)
             data = None
