@@ -33,6 +33,7 @@ import jax
 import numpy as np
 
 from compdiff import train
+from compdiff.data import images
 
 _ROOT = pathlib.Path(__file__).resolve().parent.parent
 ATOL = 1e-6  # see the module docstring: all-reduce order, not data
@@ -147,3 +148,22 @@ def test_two_processes_equal_one_and_survive_a_kill(tmp_path):
         assert "wrote" in logs[0] and (processes == 1 or "wrote" not in logs[1])
     assert out[2].shape == (64, 2)
     np.testing.assert_array_equal(out[2], out[1])
+
+
+def test_image_batches_split_one_stream_over_processes():
+    """Process i of P reads rows i B/P .. (i + 1) B/P - 1 of the 1-process batch, no more."""
+    source = [{"x": np.full(3, k, np.float32)} for k in range(10)]  # record k holds k
+
+    def example(record, rng):  # random per example: the stream's seeds must line up too
+        return {"x": record["x"] + np.float32(rng.uniform())}
+
+    one = images.ImageBatches(source, example, batch_size=4, seed=7, processes=1, index=0)
+    for processes in (2, 4):
+        shards = [images.ImageBatches(source, example, batch_size=4, seed=7,
+                                      processes=processes, index=i) for i in range(processes)]
+        for n in (0, 1, 2, 3, 7):  # 10 records, batch 4: batches 2, 4 and 7 cross epochs
+            rows = np.concatenate([s.get(n)["x"] for s in shards])
+            np.testing.assert_array_equal(rows, one.get(n)["x"], err_msg=f"P={processes} n={n}")
+        # Training reads them through grain's threads from the step it resumes at.
+        np.testing.assert_array_equal(np.asarray(next(shards[-1].iterate(7))["x"]),
+                                      shards[-1].get(7)["x"])

@@ -6,15 +6,18 @@ no TensorFlow); an *example function* turns one record into a training example
 own seeded ``np.random.Generator`` for random choices such as which object's
 position conditions the image. The pipeline is grain's ``MapDataset``:
 
-    source[process::num_processes] -> shuffle(seed) -> repeat -> random_map -> batch
+    source -> shuffle(seed) -> repeat -> random_map -> rows of this process -> batch
 
 Every step of it is random access, so batch ``n`` is a pure function of
 ``(seed, n)``: a run resumed from the checkpoint of step ``n`` reads exactly
-the batches an uninterrupted run reads, and each process reads only its own
-shard of the records (multi-host). ``shuffle`` draws a new permutation every
-epoch. Batches are read ahead by grain's threads and placed on the devices as
-one global array sharded over the batch axis
-(``jax.make_array_from_process_local_data``).
+the batches an uninterrupted run reads. ``shuffle`` draws a new permutation
+every epoch. Multi-host: global batch ``n`` is the examples ``n B .. n B + B - 1``
+of that one stream, whatever the number of processes ``P``; process ``i``
+reads (and prepares) only its rows ``i B/P .. (i + 1) B/P - 1`` of each, which
+``jax.make_array_from_process_local_data`` places on its devices. So ``P``
+processes train on the batches of one process. Batches are read ahead by
+grain's threads and placed on the devices as one global array sharded over
+the batch axis.
 
 Images are flat vectors ``[B, H*W*C]``: the samplers, compositions and
 diagnostics work on ``[B, d]`` arrays, and the UNet reshapes internally.
@@ -51,23 +54,27 @@ def to_uint8(x: np.ndarray, image_shape: tuple[int, int, int]) -> np.ndarray:
 class ImageBatches:
     """Global batches ``n = start, start + 1, ...`` of ``example_fn`` over ``source``.
 
-    ``batch_size`` is global; each process builds ``batch_size / num_processes``
-    rows from its own shard of the records.
+    ``batch_size`` is global; this process builds its ``batch_size / processes``
+    rows of each (``processes`` / ``index``: default JAX's process count and index).
     """
 
     def __init__(self, source: Any, example_fn: ExampleFn, batch_size: int, seed: int,
-                 sharding: NamedSharding | None = None, num_threads: int = 2):
-        processes, index = jax.process_count(), jax.process_index()
+                 sharding: NamedSharding | None = None, num_threads: int = 2, *,
+                 processes: int | None = None, index: int | None = None):
+        processes = jax.process_count() if processes is None else processes
+        index = jax.process_index() if index is None else index
         if batch_size % processes:
             raise ValueError(f"batch_size {batch_size} must divide over {processes} processes")
-        if len(source) < processes:
-            raise ValueError(f"the dataset has {len(source)} records, fewer than the "
-                             f"{processes} processes reading it")
         self.batch_size, self.sharding, self.num_threads = batch_size, sharding, num_threads
-        records = grain.MapDataset.source(source)[index::processes]
-        self._batches = (records.shuffle(seed=seed).repeat(None)
-                         .random_map(example_fn, seed=seed + 1)
-                         .batch(batch_size // processes))
+        examples = (grain.MapDataset.source(source).shuffle(seed=seed).repeat(None)
+                    .random_map(example_fn, seed=seed + 1))
+        rows = batch_size // processes
+        if processes == 1:
+            mine = examples
+        else:  # this process's row k of batch n is example n B + index B/P + k
+            mine = grain.MapDataset.range(len(examples) // batch_size * rows).map(
+                lambda j: examples[(j // rows) * batch_size + index * rows + j % rows])
+        self._batches = mine.batch(rows)
 
     def get(self, step: int) -> dict[str, np.ndarray]:
         """This process's rows of batch ``step`` (numpy, for inspection and tests)."""
