@@ -82,7 +82,10 @@ def _tpu_worker_count() -> int:
 
 
 def _explicit() -> tuple[str, int, int] | None:
-    """``(address, num_processes, process_id)`` from the flags; None when none is given."""
+    """``(address, num_processes, process_id)`` from the flags; None when none is given
+    (or the flags were not parsed: a library call outside an entrypoint)."""
+    if not flags.FLAGS.is_parsed():
+        return None
     given = {"coordinator_address": _COORDINATOR.value, "num_processes": _NUM_PROCESSES.value,
              "process_id": _PROCESS_ID.value}
     if all(v is None for v in given.values()):
@@ -113,8 +116,9 @@ def initialize() -> bool:
     if jax.distributed.is_initialized():
         return True
     explicit = _explicit()
-    timeouts = {"heartbeat_timeout_seconds": _HEARTBEAT.value,
-                "initialization_timeout": _INIT_TIMEOUT.value}
+    parsed = flags.FLAGS.is_parsed()
+    timeouts = {"heartbeat_timeout_seconds": _HEARTBEAT.value if parsed else _HEARTBEAT.default,
+                "initialization_timeout": _INIT_TIMEOUT.value if parsed else _INIT_TIMEOUT.default}
     if explicit is not None:
         address, num, index = explicit
         if num == 1:

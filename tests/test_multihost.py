@@ -31,8 +31,11 @@ import time
 
 import jax
 import numpy as np
+import pytest
+from absl import flags
+from absl.testing import flagsaver
 
-from compdiff import train
+from compdiff import distributed, train
 from compdiff.data import images
 
 _ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -167,3 +170,38 @@ def test_image_batches_split_one_stream_over_processes():
         # Training reads them through grain's threads from the step it resumes at.
         np.testing.assert_array_equal(np.asarray(next(shards[-1].iterate(7))["x"]),
                                       shards[-1].get(7)["x"])
+
+
+@pytest.fixture
+def parsed_flags():
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+    with flagsaver.flagsaver():
+        yield
+
+
+def test_explicit_flags_are_checked(parsed_flags):
+    cases = [({"num_processes": 2}, "missing --coordinator_address, --process_id"),
+             ({"coordinator_address": "localhost", "num_processes": 2, "process_id": 0},
+              "HOST:PORT"),
+             ({"coordinator_address": "h:1", "num_processes": 2, "process_id": 2}, r"0\.\.1"),
+             ({"coordinator_address": "h:1", "num_processes": 0, "process_id": 0}, "positive")]
+    for values, message in cases:
+        with flagsaver.flagsaver(**values), pytest.raises(ValueError, match=message):
+            distributed.initialize()
+    with flagsaver.flagsaver(coordinator_address="h:1", num_processes=1, process_id=0):
+        assert distributed.initialize() is False  # one process: nothing to join
+
+
+def test_tpu_slices_initialize_only_with_several_hosts(parsed_flags, monkeypatch):
+    calls = []
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(distributed, "_quiet_others", lambda: None)
+    real_find_spec = distributed.importlib.util.find_spec
+    monkeypatch.setattr(distributed.importlib.util, "find_spec",
+                        lambda name: object() if name == "libtpu" else real_find_spec(name))
+    monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "w0")  # a single-host TPU VM (v4-8)
+    assert distributed.initialize() is False and not calls
+    monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "w0,w1,w2,w3")  # a v4-32 slice: 4 hosts
+    assert distributed.initialize() is True
+    assert calls == [{"heartbeat_timeout_seconds": 30, "initialization_timeout": 300}]
