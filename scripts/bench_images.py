@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import time
 
 import jax
@@ -43,7 +42,7 @@ from absl import flags
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ml_collections import config_flags
 
-from compdiff import cli, compose, distributed, table2d, train
+from compdiff import benchmarking, cli, compose, distributed, table2d, train
 from compdiff.models.diffusion import DiffusionModel, classifier_free_product
 from compdiff.runtime import configure_cpu
 
@@ -59,51 +58,10 @@ IMAGE_SHAPE = (16, 16, 3)  # the image_shape of configs/clevr.py's 16 px builder
 PERTURB = 0.05  # scale of the normal noise added to every parameter
 
 
-# --- timing --------------------------------------------------------------------------------
-# bench_samplers.py has matmul/FLOP helpers, but importing it registers its absl flags
-# (--batch, --repeats, ...), which collide with these; so the few lines are here.
-def _median_seconds(fn, repeats: int) -> float:
-    jax.block_until_ready(fn())  # compile and warm up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def _median_seconds_interleaved(fns: list, repeats: int) -> list[float]:
-    """Median seconds of each of ``fns``, timed in turn within every repeat, so that load
-    from other processes falls on all of them alike."""
-    for fn in fns:
-        jax.block_until_ready(fn())  # compile and warm up
-    times = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, ts in zip(fns, times):
-            start = time.perf_counter()
-            jax.block_until_ready(fn())
-            ts.append(time.perf_counter() - start)
-    return [statistics.median(ts) for ts in times]
-
-
+# --- timing ---------------------------------------------------------------------------------
 def _level(num_levels: int) -> int:
     """The level ``t`` of the composed evaluations (their cost does not depend on it)."""
     return max(1, num_levels // 2)
-
-
-def _cost_flops(compiled) -> float:
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list | tuple) else cost
-    return float(cost["flops"])
-
-
-def _matmul_gflops(n: int, repeats: int, chain: int = 10) -> float:
-    """GFLOP/s of ``chain`` dependent jitted ``[n, n] @ [n, n]`` f32 matmuls (2 n^3 each)."""
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    b = jnp.linalg.qr(jax.random.normal(jax.random.key(1), (n, n), jnp.float32))[0]
-    run = jax.jit(lambda a, b: jax.lax.scan(lambda x, _: (x @ b, None), a, None,
-                                            length=chain)[0])
-    return 2.0 * n**3 * chain / _median_seconds(lambda: run(a, b), repeats) / 1e9
 
 
 def _conv_gflops(shape: tuple[int, int, int, int], repeats: int, chain: int = 10) -> float:
@@ -119,7 +77,7 @@ def _conv_gflops(shape: tuple[int, int, int, int], repeats: int, chain: int = 10
     run = jax.jit(lambda x, k: jax.lax.scan(lambda y, _: (conv(y, k), None), x, None,
                                             length=chain)[0])
     flops = 2.0 * b * h * w * c * c * 9 * chain
-    return flops / _median_seconds(lambda: run(x, k), repeats) / 1e9
+    return flops / benchmarking.median_seconds(lambda: run(x, k), repeats) / 1e9
 
 
 # --- models --------------------------------------------------------------------------------
@@ -166,8 +124,8 @@ def _composed(model: DiffusionModel, ks: list[int], batch: int, repeats: int) ->
         assert batched.groups == (tuple(range(k + 1)),), batched.groups
         separate = _separately(batched)
         row = {"k": k, "network_calls_separate": k + 1}
-        both = _median_seconds_interleaved([lambda d=d: fn(d, x) for d in (batched, separate)],
-                                           repeats)
+        both = benchmarking.median_seconds_interleaved(
+            [lambda d=d: fn(d, x) for d in (batched, separate)], repeats)
         for name, seconds in zip(("batched", "separate"), both):
             row[name] = {"seconds": seconds, "composed_per_s": batch / seconds,
                          "image_cond_evals_per_s": (k + 1) * batch / seconds}
@@ -194,7 +152,7 @@ def _training(config: ml_collections.ConfigDict, param: str, repeats: int) -> di
                   grad_clip=c.train.grad_clip, ema_decay=c.train.ema_decay, sharding=sharding,
                   cond_dropout=c.train.cond_dropout)
     key = jax.random.key(5)
-    flops = _cost_flops(train._train_step.lower(state, key, None, schedule, batch,
+    flops = benchmarking.compiled_flops(train._train_step.lower(state, key, None, schedule, batch,
                                                 **kwargs).compile())
     holder = [state]  # the state is donated: always carry on with the returned one
 
@@ -202,7 +160,7 @@ def _training(config: ml_collections.ConfigDict, param: str, repeats: int) -> di
         holder[0], loss = train._train_step(holder[0], key, None, schedule, batch, **kwargs)
         return holder[0], loss
 
-    seconds = _median_seconds(step, repeats)
+    seconds = benchmarking.median_seconds(step, repeats)
     return {"batch_size": b, "seconds_per_step": seconds, "images_per_s": b / seconds,
             "flops_per_step": flops, "gflops": flops / seconds / 1e9}
 
@@ -275,7 +233,8 @@ def main(argv):
     }
     conv_shape = (config.train.batch_size, IMAGE_SHAPE[0], IMAGE_SHAPE[1], m.channels)
     print("rooflines ...", flush=True)
-    results["roofline"] = {"matmul_gflops": _matmul_gflops(1024, repeats),
+    results["roofline"] = {"matmul_gflops": benchmarking.matmul_flops_per_second(
+        1024, 1024, repeats, chain=10, timer=benchmarking.median_seconds) / 1e9,
                            "conv_shape": list(conv_shape),
                            "conv_gflops": _conv_gflops(conv_shape, repeats)}
     print("composed gradients ...", flush=True)

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -42,7 +41,7 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
-from compdiff import cli, distributed, samplers, schedules, table2d, train
+from compdiff import benchmarking, cli, distributed, samplers, schedules, table2d, train
 from compdiff.models.mlp import NORMS
 from compdiff.runtime import configure_cpu
 from configs import toy2d
@@ -74,32 +73,6 @@ _SPIN = "import sys, time\nend = time.monotonic() + float(sys.argv[1])\n" \
         "while time.monotonic() < end:\n    pass\n"
 
 
-def _best_seconds(fn, repeats: int) -> float:
-    jax.block_until_ready(fn())  # compile and warm up
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-def _matmul_flops_per_second(m: int, k: int, repeats: int, chain: int = 20) -> float:
-    """FLOP/s of ``chain`` dependent jitted ``[m, k] @ [k, k]`` matmuls (amortizes dispatch).
-
-    The right factor is orthogonal, so the chained products neither blow up nor vanish.
-    """
-    a = jax.random.normal(jax.random.PRNGKey(0), (m, k), jnp.float32)
-    b = jnp.linalg.qr(jax.random.normal(jax.random.PRNGKey(1), (k, k), jnp.float32))[0]
-
-    @jax.jit
-    def run(a, b):
-        return jax.lax.scan(lambda x, _: (x @ b, None), a, None, length=chain)[0]
-
-    seconds = _best_seconds(lambda: run(a, b), repeats)
-    return 2.0 * m * k * k * chain / seconds
-
-
 def _seconds_per_eval(fn, model, x, repeats: int, chain: int = 50) -> float:
     """Seconds per call of ``fn(model, x)``, timed over a scan of ``chain`` dependent calls."""
 
@@ -110,13 +83,7 @@ def _seconds_per_eval(fn, model, x, repeats: int, chain: int = 50) -> float:
             return x + 1e-6 * jax.tree_util.tree_leaves(out)[-1], None
         return jax.lax.scan(body, x, None, length=chain)[0]
 
-    return _best_seconds(lambda: run(model, x), repeats) / chain
-
-
-def _flops(fn, *args) -> float:
-    cost = jax.jit(fn).lower(*args).compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    return float(cost["flops"])
+    return benchmarking.best_seconds(lambda: run(model, x), repeats) / chain
 
 
 class _Busy:
@@ -146,16 +113,6 @@ class _Busy:
         self.procs = []
 
 
-def _median_seconds(fn, repeats: int) -> float:
-    jax.block_until_ready(fn())  # compile and warm up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def _chains(batch: int):
     """``[batch, 2]`` start points, sharded over the devices like the sampler's chains."""
     x = jax.random.normal(jax.random.PRNGKey(0), (batch, 2))
@@ -182,8 +139,8 @@ def _time_small(energy, batches: list[int], repeats: int, chain: int = 20) -> di
     out = {}
     for batch in batches:
         x = _chains(batch)
-        eval_seconds = _median_seconds(lambda x=x: run(energy, x), repeats)
-        mala_seconds = _median_seconds(
+        eval_seconds = benchmarking.median_seconds(lambda x=x: run(energy, x), repeats)
+        mala_seconds = benchmarking.median_seconds(
             lambda b=batch: samplers.sample(energy, mala, schedule, jax.random.PRNGKey(1),
                                             b)[0], repeats)
         out[batch] = {"eval": batch * chain / eval_seconds,
@@ -249,10 +206,10 @@ def _suite(energy, eps, schedule, batch: int, levels: int, steps: int, repeats: 
     energy_seconds = _seconds_per_eval(lambda m, x: m.log_prob_and_score(x, 50), energy, x,
                                        repeats)
     eps_seconds = _seconds_per_eval(lambda m, x: m.score(x, 50), eps, x, repeats)
-    flops_per_eval = _flops(lambda m, x: m.log_prob_and_score(x, 50), energy, x)
-    eps_flops = _flops(lambda m, x: m.score(x, 50), eps, x)
-    peak = _matmul_flops_per_second(1024, 1024, repeats)
-    mlp_roof = _matmul_flops_per_second(batch, 128, repeats, chain=200)
+    flops_per_eval = benchmarking.flops(lambda m, x: m.log_prob_and_score(x, 50), energy, x)
+    eps_flops = benchmarking.flops(lambda m, x: m.score(x, 50), eps, x)
+    peak = benchmarking.matmul_flops_per_second(1024, 1024, repeats)
+    mlp_roof = benchmarking.matmul_flops_per_second(batch, 128, repeats, chain=200)
 
     results = {
         "machine": table2d.machine(),
@@ -279,7 +236,7 @@ def _suite(energy, eps, schedule, batch: int, levels: int, steps: int, repeats: 
           f"{'/matmul':>8s} {'/mlp-mm':>8s}")
     for name, options in configs.items():
         sampler = samplers.get(name, **options)
-        seconds = _best_seconds(
+        seconds = benchmarking.best_seconds(
             lambda s=sampler: samplers.sample(energy, s, schedule, jax.random.PRNGKey(1),
                                               batch)[0], repeats)
         evals = sampler.nfe(levels) * batch  # per-sample gradient evaluations
