@@ -24,5 +24,6 @@ setup(
         "tqdm>=4.66",
         "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
     ],
-    extras_require={"test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6"]},
+    extras_require={"test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6",
+                             "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"]},
 )
