@@ -119,7 +119,9 @@ def train(policies: list[np.ndarray], n: int, config: ml_collections.ConfigDict,
 
     Returns float64 log tables ``(nonterminal [H, H, m^n], terminal [H, H, m])`` and a
     summary (last chunk's mean terminal and non-terminal losses, wall seconds).
-    ``config`` holds ``hidden, layers, steps, batch, lr, ema, ramp_steps``.
+    ``config`` holds ``hidden, layers, steps, batch, lr, ema, ramp_steps``; the learning
+    rate decays to 0 on a cosine over the ``steps`` (it lowers the composed L1 by about
+    a third against a constant rate, docs/gflownet.md).
     """
     check_config(config)
     if n < 1:
@@ -128,7 +130,7 @@ def train(policies: list[np.ndarray], n: int, config: ml_collections.ConfigDict,
     net = Classifier(config.hidden, config.layers, m, n)
     key_init, key_train = jax.random.split(jax.random.PRNGKey(seed))
     params = net.init(key_init, jnp.zeros((1, 2 * h)))
-    opt = optax.adam(config.lr)
+    opt = optax.adam(optax.cosine_decay_schedule(config.lr, config.steps))
     with np.errstate(divide="ignore"):
         base = jnp.asarray(np.log(np.stack(policies)).reshape(m, h * h, env.NUM_ACTIONS),
                            jnp.float32)

@@ -56,12 +56,15 @@ def default_config(variant: str = "quick") -> ml_collections.ConfigDict:
     c.seed = 0
     c.rewards = (("symmetric_shubert", 0.5), ("diag_sigmoid", 1.0))
     c.operators = ml_collections.ConfigDict(OPERATORS)
+    # Each step evaluates the network on all H^2 states once, so a larger batch of
+    # trajectories costs little: batch 256 instead of 64 cut the 32 x 32 bases' L1
+    # from 0.014 / 0.008 to 0.002 / 0.002 at the same wall time (docs/gflownet.md).
     c.gflownet = ml_collections.ConfigDict(dict(
         hidden=64 if quick else 128, layers=2, steps=1500 if quick else 6000,
-        batch=32 if quick else 64, lr=1e-3, lr_log_z=0.1, explore=0.05))
+        batch=256, lr=1e-2 if quick else 3e-3, lr_log_z=0.1, explore=0.05))
     c.classifier = ml_collections.ConfigDict(dict(
         hidden=64 if quick else 128, layers=2, steps=1000 if quick else 4000,
-        batch=32 if quick else 64, lr=1e-3, ema=0.995, ramp_steps=300 if quick else 1000))
+        batch=256, lr=3e-3, ema=0.995, ramp_steps=300 if quick else 1000))
     return c
 
 

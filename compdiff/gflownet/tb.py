@@ -145,7 +145,8 @@ def train(log_r: np.ndarray, config: ml_collections.ConfigDict, seed: int,
           log_every: int = 1000) -> tuple[np.ndarray, dict]:
     """Trains a GFlowNet for ``log R [H, H]``; returns its exact policy table and a summary.
 
-    ``config`` holds ``hidden, layers, steps, batch, lr, lr_log_z, explore``.
+    ``config`` holds ``hidden, layers, steps, batch, lr, lr_log_z, explore``; both learning
+    rates decay to 0 on a cosine over the ``steps``.
     The summary has the last chunk's mean loss, ``log Z`` and the wall seconds.
     """
     check_config(config)
@@ -154,7 +155,8 @@ def train(log_r: np.ndarray, config: ml_collections.ConfigDict, seed: int,
     key_init, key_train = jax.random.split(jax.random.PRNGKey(seed))
     params = {"net": net.init(key_init, jnp.zeros((1, 2 * h))), "log_z": jnp.zeros(())}
     opt = optax.multi_transform(
-        {"net": optax.adam(config.lr), "log_z": optax.adam(config.lr_log_z)},
+        {"net": optax.adam(optax.cosine_decay_schedule(config.lr, config.steps)),
+         "log_z": optax.adam(optax.cosine_decay_schedule(config.lr_log_z, config.steps))},
         {"net": jax.tree.map(lambda _: "net", params["net"]), "log_z": "log_z"})
     state = (params, opt.init(params))
     start, done, loss = time.time(), 0, float("nan")
