@@ -400,6 +400,32 @@ def run(spec: Spec, workdir: str, parallel: int = 1,
     return failures
 
 
+def adopt(spec: Spec, workdir: str) -> list[str]:
+    """Marks as finished the points without a marker whose ``.json`` metrics file is complete.
+
+    For points run elsewhere (``--print_commands`` on a TPU VM) and copied back:
+    their entrypoint wrote the metrics, but no sweep was there to write the marker.
+    Only ``.json`` metrics files qualify: table2d writes its file once, at the end,
+    so a complete one is a finished run; a ``metrics.jsonl`` grows while training
+    runs, so a complete-looking one proves nothing. Returns the adopted names.
+    """
+    if not spec.metrics_file.endswith(".json"):
+        return []
+    adopted = []
+    for name, point in spec.points:
+        if is_finished(workdir, name):
+            continue
+        try:
+            metrics = read_metrics(os.path.join(workdir, name, spec.metrics_file))
+        except ValueError:
+            continue
+        record = {"name": name, "overrides": point, "metrics": metrics, "seconds": None,
+                  "command": None, "adopted": True}
+        write_atomically(marker_path(workdir, name), json.dumps(record, indent=1))
+        adopted.append(name)
+    return adopted
+
+
 # --- collation --------------------------------------------------------------------------------
 def collate(spec: Spec, workdir: str) -> tuple[list[dict], list[str]]:
     """Rows (swept keys, then metrics, then the point's ``wall_s``) of the finished points, and the

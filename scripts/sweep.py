@@ -29,7 +29,9 @@ _PRINT = flags.DEFINE_bool("print_commands", False, "Print one launch_tpu.sh com
                            "unfinished point (workdir as given, e.g. gs://...) instead of running.")
 _LAUNCHER = flags.DEFINE_string("launcher", sweep_lib.DEFAULT_LAUNCHER,
                                 "Command prefix of --print_commands, before ' -- python ...'.")
-_COLLATE = flags.DEFINE_bool("collate_only", False, "Only rewrite sweep.csv / sweep.md.")
+_COLLATE = flags.DEFINE_bool("collate_only", False, "Run nothing: adopt points whose complete "
+                              ".json metrics file has no marker (run elsewhere, e.g. on a TPU "
+                              "VM, and copied here), then rewrite sweep.csv / sweep.md.")
 flags.mark_flags_as_required(["config", "sweep", "workdir"])
 
 
@@ -49,8 +51,14 @@ def main(argv: list[str]) -> None:
     os.makedirs(workdir, exist_ok=True)
     print(f"sweep {_SWEEP.value}: {len(spec.points)} points of {spec.config_arg()} "
           f"-> {workdir}", flush=True)
-    failures = [] if _COLLATE.value else sweep_lib.run(
-        spec, workdir, _PARALLEL.value, echo=lambda s: print(s, flush=True))
+    if _COLLATE.value:
+        failures = []
+        adopted = sweep_lib.adopt(spec, workdir)
+        if adopted:
+            print(f"adopted {len(adopted)} points run elsewhere: {', '.join(adopted)}")
+    else:
+        failures = sweep_lib.run(spec, workdir, _PARALLEL.value,
+                                 echo=lambda s: print(s, flush=True))
     rows, missing = sweep_lib.collate(spec, workdir)
     print(open(os.path.join(workdir, "sweep.md")).read())
     print(f"{len(rows)} of {len(spec.points)} points finished: "

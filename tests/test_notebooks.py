@@ -29,8 +29,8 @@ def test_notebook_is_committed_without_outputs(path):
     nb = nbformat.read(path, as_version=4)
     dirty = [i for i, cell in enumerate(nb.cells) if cell.cell_type == "code"
              and (cell.get("outputs") or cell.get("execution_count") is not None)]
-    assert not dirty, (f"{_name(path)}: cells {dirty} hold outputs; strip them "
-                       "(jupyter nbconvert --clear-output --inplace notebooks/*.ipynb)")
+    assert not dirty, (f"{_name(path)}: cells {dirty} hold outputs; clear all "
+                       "outputs (Jupyter: Edit > Clear All Outputs) and save it")
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_name)

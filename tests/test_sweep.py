@@ -174,3 +174,19 @@ def test_killed_sweep_reruns_only_the_missing_points(tmp_path):
     rows = _csv(workdir)
     assert [(r["x"], r["score"]) for r in rows] == [("1.0", "1.0"), ("2.0", "2.0"),
                                                     ("3.0", "3.0")]
+
+
+def test_collate_only_adopts_complete_results_copied_from_elsewhere(tmp_path):
+    """Points run remotely (--print_commands) have metrics but no marker; a half-written
+    metrics file is not adopted, and nothing runs."""
+    workdir = tmp_path / "three"
+    (workdir / "x=1.0").mkdir(parents=True)
+    (workdir / "x=1.0" / "metrics.json").write_text('{"score": 5.0, "lr": 0.1}')
+    (workdir / "x=2.0").mkdir()
+    (workdir / "x=2.0" / "metrics.json").write_text('{"score": 5.0, "l')
+    result = _run_sweep(HELPER_CONFIG, "three", workdir, "--collate_only")
+    assert result.returncode == 0, result.stderr
+    assert "adopted 1 points run elsewhere: x=1.0" in result.stdout
+    assert [(r["x"], r["score"], r["wall_s"]) for r in _csv(workdir)] == [("1.0", "5.0", "")]
+    assert "Not finished (2): x=2.0, x=3.0" in (workdir / "sweep.md").read_text()
+    assert not (workdir / "x=1.0" / "runs.txt").exists()  # adopted, not run
