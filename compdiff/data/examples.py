@@ -12,10 +12,23 @@ Each takes a record (a dict of numpy arrays from a tfds source) and a seeded
   object's centre (label 1), half are positions at least ``NEGATIVE_RADIUS`` from
   every centre (label 0), half of those close to an object (hard negatives).
   ``{"x": [H*W*C], "cond": [2], "label": []}``.
+- ``image_class`` (class-conditional diffusion, classifier-free guidance): the image and
+  its class as a one-hot condition, ``{"x": [H*W*C], "cond": [num_classes]}``, so the
+  Conditions / condition-dropout machinery of the position models applies unchanged.
+- ``class_label`` (classifiers, clean or noise-conditional): ``{"x": [H*W*C], "label":
+  int32 []}`` for the cross-entropy loss.
+
+Both read the record field ``key`` (default ``label``; ``shape`` or ``colour`` for the
+attributes of ``scene_classes``). Parameters are given in the name, ``data.example =
+"image_class:num_classes=10"`` or ``"class_label:key=shape"`` (:func:`get`); the aliases
+``shape_label`` / ``colour_label`` and ``image_shape_class`` / ``image_colour_class`` name
+the attribute variants of ``scene_classes``.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable
 
 import numpy as np
@@ -57,13 +70,64 @@ def position_presence(record: Record, rng: np.random.Generator) -> dict[str, np.
             "label": np.float32(label)}
 
 
-EXAMPLES: dict[str, Callable[[Record, np.random.Generator], dict[str, np.ndarray]]] = {
+def image_class(record: Record, rng: np.random.Generator, num_classes: int = 0,
+                key: str = "label") -> dict[str, np.ndarray]:
+    del rng  # deterministic
+    if num_classes < 1:
+        raise ValueError("image_class needs num_classes >= 1, e.g. data.example = "
+                         "'image_class:num_classes=10'")
+    label = int(record[key])
+    if not 0 <= label < num_classes:
+        raise ValueError(f"record {key}={label} is outside 0..{num_classes - 1}")
+    return {"x": to_unit_range(record["image"]),
+            "cond": np.eye(num_classes, dtype=np.float32)[label]}
+
+
+def class_label(record: Record, rng: np.random.Generator, key: str = "label"
+                ) -> dict[str, np.ndarray]:
+    del rng  # deterministic
+    return {"x": to_unit_range(record["image"]), "label": np.int32(record[key])}
+
+
+EXAMPLES: dict[str, Callable[..., dict[str, np.ndarray]]] = {
     "image_position": image_position,
     "position_presence": position_presence,
+    "image_class": image_class,
+    "class_label": class_label,
+    # scene_classes attributes (compdiff.data.scene_classes: 3 shapes, 4 colours)
+    "shape_label": functools.partial(class_label, key="shape"),
+    "colour_label": functools.partial(class_label, key="colour"),
+    "image_shape_class": functools.partial(image_class, key="shape", num_classes=3),
+    "image_colour_class": functools.partial(image_class, key="colour", num_classes=4),
 }
 
 
+def _parse_value(text: str) -> int | float | str:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def get(name: str) -> Callable[[Record, np.random.Generator], dict[str, np.ndarray]]:
-    if name not in EXAMPLES:
-        raise ValueError(f"unknown example function {name!r}; known: {sorted(EXAMPLES)}")
-    return EXAMPLES[name]
+    """The example function ``name``, or ``name:key=value,...`` with those keyword arguments."""
+    base, _, args = name.partition(":")
+    if base not in EXAMPLES:
+        raise ValueError(f"unknown example function {base!r}; known: {sorted(EXAMPLES)}")
+    if not args:
+        return EXAMPLES[base]
+    kwargs = {}
+    for item in args.split(","):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"bad example argument {item!r} in {name!r}: expected key=value")
+        kwargs[key] = _parse_value(value)
+    fn = EXAMPLES[base]
+    accepted = inspect.signature(fn).parameters
+    unknown = sorted(set(kwargs) - set(accepted) - {"record", "rng"})
+    if unknown:
+        raise ValueError(f"example function {base!r} takes no argument {unknown[0]!r}; "
+                         f"it takes {[p for p in accepted if p not in ('record', 'rng')]}")
+    return functools.partial(fn, **kwargs)

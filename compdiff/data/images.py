@@ -93,7 +93,10 @@ class ImageBatches:
 
 
 # tfds builders of the project, by name: module with ``data_source(config, split, data_dir)``.
-BUILDERS = {"clevr_positions": "compdiff.data.clevr_positions"}
+BUILDERS = {"clevr_positions": "compdiff.data.clevr_positions",
+            "digits": "compdiff.data.digits",
+            "scene_classes": "compdiff.data.scene_classes",
+            "imagenet": "compdiff.data.imagenet"}
 
 
 class ImageSource:
