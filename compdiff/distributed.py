@@ -148,6 +148,18 @@ def is_main() -> bool:
     return jax.process_index() == 0
 
 
+def one_step_in_flight() -> bool:
+    """Whether a loop must wait for each step before dispatching the next: on CPUs of
+    several processes.
+
+    There XLA runs the cross-process collectives in gloo, and with many steps
+    dispatched ahead both processes hung in a gloo all-reduce (seen with jax
+    0.10.2, 2 processes x 2 CPU devices, 200 steps without a log in between);
+    one step at a time runs.
+    """
+    return jax.process_count() > 1 and jax.default_backend() == "cpu"
+
+
 def gather(x: jax.Array | np.ndarray) -> np.ndarray:
     """The whole of ``x`` as numpy on every process (every process must call it).
 

@@ -597,8 +597,11 @@ def _run(state: TrainState, step_fn, data_key: Array, data, batches: Iterator,
     """Steps ``start + 1 .. tc.steps`` with logging, checkpoints and the periodic ``hook``."""
     t_start = time.time()
     t_window, timed, losses = t_start, 0, []
+    lockstep = distributed.one_step_in_flight()
     for step in range(start + 1, tc.steps + 1):
         state, loss = step_fn(state, data_key, data, schedule, next(batches))
+        if lockstep:
+            jax.block_until_ready(loss)
         losses.append(loss)
         timed += 1
         if step == start + 1:  # keep compilation out of the steps/s figures
