@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import log_ndtr
 
+from compdiff import guidance
 from compdiff.compose import Density
 from compdiff.schedules import Schedule
 
@@ -80,8 +81,34 @@ class GaussianMixture(Density):
         means, covs = self._level_params(t)
         return self.replace(means=means, covs=covs, name=f"{self.name}@{t}")
 
+    def component_classifier(self) -> guidance.Classifier:
+        """The exact posterior over components at every level, as a classifier.
+
+        ``p_t(k | x) = w_k N_k,t(x) / sum_j w_j N_j,t(x)`` with ``N_k,t`` the
+        diffused component: its logits are ``log w_k N_k,t(x)``. Guidance by it
+        with scale 1, ``self * posterior(k)``, is ``w_k N_k,t`` at every level,
+        the diffused component ``k`` itself, so reverse diffusion samples it
+        exactly; with scale ``lam`` the level-``t`` target is
+        ``p_t(x) p_t(k | x) ** lam``.
+        """
+        return guidance.Classifier(apply_fn=_component_logits, params=self,
+                                   num_outputs=int(self.means.shape[0]), dim=self.dim,
+                                   num_levels=self.schedule.num_levels,
+                                   name=f"{self.name}.posterior")
+
+    def component_posterior(self, k: int | Array) -> guidance.ClassTerm:
+        """``log p_t(k | x)``, a term of the algebra (see :meth:`component_classifier`)."""
+        return self.component_classifier().given(k)
+
     def describe(self) -> str:
         return self.name
+
+
+def _component_logits(gmm: GaussianMixture, x: Array, t: Array, cond: None) -> Array:
+    """``log w_k N(x; sqrt(abar_t) mu_k, abar_t S_k + sigma_t^2 I)`` [B, K]: exact logits."""
+    if t.shape == (1,):
+        return gmm._components(x, t[0])[0]
+    return jax.vmap(lambda xi, ti: gmm._components(xi[None], ti)[0][0])(x, t)
 
 
 def gaussian_mixture(means, stds, schedule: Schedule, weights=None,

@@ -12,6 +12,8 @@ training loop and one checkpoint format serve both.
   appending the two numbers to pooled features would have to learn that map.
 - ``num_levels > 0``: the classifier is noise-conditional, ``p(y | x_t, t)`` (a
   sinusoidal embedding of ``t`` added in every block), for classifier guidance.
+- ``features=True`` returns the penultimate layer instead of the logits: the
+  feature space of :mod:`compdiff.image_metrics` (Frechet distance, precision/recall).
 """
 
 from __future__ import annotations
@@ -43,8 +45,14 @@ class ImageClassifier(nn.Module):
         return h * w * c
 
     @nn.compact
-    def __call__(self, x: Array, t: Array | None = None, cond: Conditions | Array | None = None
-                 ) -> Array:
+    def __call__(self, x: Array, t: Array | None = None, cond: Conditions | Array | None = None,
+                 *, features: bool = False) -> Array:
+        """Logits ``[B, num_outputs]``; ``features=True``: penultimate layer ``[B, 4 * channels]``.
+
+        The features are the activations the final dense layer reads. Returning
+        them skips only that last layer, so the parameters are the same either way
+        (``module.apply({"params": p}, x, t, features=True)``).
+        """
         if self.query not in QUERIES:
             raise ValueError(f"unknown classifier query {self.query!r}; known: {QUERIES}")
         h, w, c = self.image_shape
@@ -75,4 +83,7 @@ class ImageClassifier(nn.Module):
             if level < len(self.channel_mult) - 1:
                 hidden = nn.Conv(ch, (3, 3), strides=(2, 2))(hidden)
         pooled = jnp.mean(hidden, axis=(1, 2))
-        return nn.Dense(self.num_outputs)(nn.silu(nn.Dense(4 * self.channels)(pooled)))
+        penultimate = nn.silu(nn.Dense(4 * self.channels)(pooled))
+        if features:
+            return penultimate
+        return nn.Dense(self.num_outputs)(penultimate)
