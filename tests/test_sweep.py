@@ -190,3 +190,18 @@ def test_collate_only_adopts_complete_results_copied_from_elsewhere(tmp_path):
     assert [(r["x"], r["score"], r["wall_s"]) for r in _csv(workdir)] == [("1.0", "5.0", "")]
     assert "Not finished (2): x=2.0, x=3.0" in (workdir / "sweep.md").read_text()
     assert not (workdir / "x=1.0" / "runs.txt").exists()  # adopted, not run
+
+
+def test_print_commands_lists_the_unfinished_points_and_runs_nothing(tmp_path):
+    workdir = tmp_path / "three"
+    (workdir / "x=2.0").mkdir(parents=True)
+    sweep.write_atomically(str(workdir / "x=2.0" / sweep.MARKER), "{}")
+    result = _run_sweep(HELPER_CONFIG, "three", workdir, "--print_commands",
+                        "--launcher=./launch_tpu.sh --name=n --zone=z --reuse")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert [shlex.split(line)[-1] for line in lines] == ["--config.x=1.0", "--config.x=3.0"]
+    assert all(line.startswith("./launch_tpu.sh --name=n --zone=z --reuse -- python "
+                               "tests/sweep_helper.py --config=tests/sweep_helper_config.py ")
+               for line in lines)
+    assert not (workdir / "x=1.0").exists()
