@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from compdiff.gflownet import classifier, composition, env, gflownet_table, tb
-from compdiff.gflownet.table import OPERATORS, default_config
+from compdiff.gflownet.table import OPERATORS, default_config, markdown
 
 
 def _rewards(h):
@@ -113,6 +113,8 @@ def test_table_rows_and_errors():
     assert all(set(r) == {"operator", "method", "l1"} for r in rows)
     exact = [r["l1"] for r in rows if r["method"] == "exact_base_exact_classifier"]
     assert len(exact) == len(OPERATORS) and max(exact) < 1e-6
+    md = markdown(rows).splitlines()
+    assert len(md) == 2 + len(OPERATORS) + 2 and md[0].startswith("| operator | trained |")
     with pytest.raises(ValueError, match="variant"):
         default_config("huge")
     config.operators.bad = (1, 3)

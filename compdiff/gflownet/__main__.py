@@ -34,8 +34,7 @@ def main(argv: list[str]) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
     with open(_OUT.value, "w") as f:
         json.dump(result, f, indent=1)
-    for row in rows:
-        print(f"{row['operator']:>14} {row['method']:<32} {row['l1']:.4f}")
+    print(table.markdown(rows))
     print(f"wall {result['wall_seconds']}s -> {_OUT.value}")
 
 

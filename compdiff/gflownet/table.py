@@ -9,6 +9,8 @@ enumeration from ``R_1, R_2``), so no number carries sampling noise:
 * every operator (observations ``y_1..y_n``), methods:
   - ``exact_base_exact_classifier``: the exact flow policies of ``R_i`` and the
     exact classifier; checks the composition itself (float64 round-off);
+  - ``no_guidance``: the trained bases' plain mixture, what sampling without the
+    classifier gives (the scale of the composition's effect);
   - ``trained_base_enumerated``: the composition computed by enumeration from the
     trained bases' own distributions, the floor that policy error sets for any
     classifier;
@@ -115,6 +117,8 @@ def gflownet_table(config: ml_collections.ConfigDict) -> list[dict]:
         goal = composition.target(truth, obs)
         rows.append({"operator": name, "method": "trained_base_enumerated",
                      "l1": composition.l1(composition.target(trained_dists, obs), goal)})
+        rows.append({"operator": name, "method": "no_guidance",
+                     "l1": composition.l1(composition.target(trained_dists, ()), goal)})
         for method, (policies, (nonterm, term)) in classifiers.items():
             composed = composition.composed_policy(policies, nonterm, term, obs)
             rows.append({"operator": name, "method": method,
@@ -122,3 +126,19 @@ def gflownet_table(config: ml_collections.ConfigDict) -> list[dict]:
     logging.info("gflownet table (%s, %dx%d grid) in %.0fs", config.get("variant", "?"), h, h,
                  time.time() - start)
     return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    """The rows as a Markdown table: one line per operator, one column per method."""
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    operators = list(dict.fromkeys(r["operator"] for r in rows))
+    cell = {(r["operator"], r["method"]): r["l1"] for r in rows}
+    lines = ["| operator | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
+    for op in operators:
+        vals = [_number(cell[op, m]) if (op, m) in cell else "" for m in methods]
+        lines.append(f"| {op} | " + " | ".join(vals) + " |")
+    return "\n".join(lines)
+
+
+def _number(v: float) -> str:
+    return f"{v:.4f}" if v >= 1e-4 else f"{v:.0e}"
