@@ -113,7 +113,7 @@ def _builder(realization: str, op: sculpt.Operator, bases: list, schedule: Sched
 def _samplers_for(config: ml_collections.ConfigDict, realization: str) -> list[str]:
     if realization == "algebraic":
         return list(config.sampler_names)
-    return [s for s in config.sampler_names if s in config.guided_samplers]
+    return list(config.guided_samplers[realization])
 
 
 def _clean(value: Any) -> Any:

@@ -44,7 +44,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from compdiff import compose, diagnostics, exact, metrics, plots, samplers, schedules, train
+from compdiff import compose, diagnostics, exact, metrics, plots, samplers, schedules, sculpt, train
 from compdiff import workdir as workdir_lib
 from compdiff.compose import Density
 from compdiff.data import toy2d
@@ -146,7 +146,9 @@ def train_models(config: ml_collections.ConfigDict, workdir: str, equal_levels: 
 
 # --- compositions and samplers ----------------------------------------------------------------
 def combine(op: str, leaves: list[Density], alpha: float = 0.5) -> Density:
-    """``product`` / ``mixture`` (equal weights) / ``negation`` ``leaves[0] / leaves[1]**alpha``."""
+    """``product`` / ``mixture`` (equal weights) / ``negation`` ``leaves[0] / leaves[1]**alpha``
+    / ``contrast`` ``p1^2 / (alpha p1 + (1 - alpha) p2)`` (Compositional Sculpting's negation,
+    :mod:`compdiff.sculpt`, on level-``t`` log-densities)."""
     if op == "product":
         return compose.product(leaves)
     if op == "mixture":
@@ -155,7 +157,10 @@ def combine(op: str, leaves: list[Density], alpha: float = 0.5) -> Density:
         if len(leaves) != 2:
             raise ValueError(f"negation needs 2 components, got {len(leaves)}")
         return compose.negation(leaves[0], leaves[1], alpha)
-    raise ValueError(f"unknown composition op {op!r}; known: product, mixture, negation")
+    if op == "contrast":
+        return sculpt.algebraic(leaves, sculpt.contrast(alpha))
+    raise ValueError(f"unknown composition op {op!r}; known: product, mixture, negation, "
+                     "contrast")
 
 
 def build(comp: ml_collections.ConfigDict, param: str | None, schedule: Schedule,
@@ -295,6 +300,35 @@ def _model_target(density: Density, config: ml_collections.ConfigDict, key: Arra
     return target, np.asarray(target.sample(jax.random.fold_in(key, 2**20), config.num_samples))
 
 
+NEGATIONS = ("negation", "contrast")
+
+
+def support_masks(comp, schedule: Schedule, config: ml_collections.ConfigDict
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Level-1 supports of a negation's two components on the exact target's grid:
+    cells where the component's density is at least ``metrics.MODE_LEVEL`` of its peak."""
+    masks = []
+    for name in comp.components[:2]:
+        grid = exact.on_grid(toy2d.get(name, schedule), 1, extent=config.grid.extent,
+                             size=config.grid.size)
+        log_mass = np.asarray(grid.log_mass, np.float64)
+        masks.append(log_mass >= log_mass.max() + np.log(metrics.MODE_LEVEL))
+    return masks[0], masks[1]
+
+
+def set_accuracy(x: np.ndarray, target: exact.GridTarget, p1: np.ndarray, p2: np.ndarray
+                 ) -> float:
+    """Fraction of samples in ``p1``'s support and outside ``p2``'s (:func:`support_masks`);
+    samples outside the grid or not finite count as misses."""
+    x = np.asarray(x, np.float64)
+    n = p1.shape[0]
+    cell = np.floor((x - np.asarray(target.lows)) / np.asarray(target.cell))
+    inside = np.all(np.isfinite(cell) & (cell >= 0) & (cell < n), axis=-1)
+    ij = np.where(inside[:, None], cell, 0).astype(int)
+    hit = p1[ij[:, 0], ij[:, 1]] & ~p2[ij[:, 0], ij[:, 1]]
+    return float(np.mean(inside & hit))
+
+
 def _model_metrics(x: np.ndarray, target: exact.GridTarget, reference: np.ndarray) -> dict:
     return {"ll_model": metrics.ll(x, target), "ll_model_exact": metrics.ll(reference, target),
             "mmd_model": metrics.mmd(x, reference)}
@@ -308,6 +342,7 @@ def _run_composition(ctx: _Context, ci: int, name: str) -> list[dict]:
     comp_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), ci)
     reference = np.asarray(target.sample(jax.random.fold_in(comp_key, 0), config.num_samples))
     ll_exact = metrics.ll(reference, target)
+    supports = support_masks(comp, ctx.base, config) if comp.op in NEGATIONS else None
     logging.info("== %s: exact target ready in %.1fs, ll_exact %.3f", name, time.time() - t0,
                  ll_exact)
     rows, figure_rows, model_targets = [], [], {}
@@ -330,6 +365,9 @@ def _run_composition(ctx: _Context, ci: int, name: str) -> list[dict]:
                 np.savez(os.path.join(ctx.workdir, "samples", f"{name}_{kind}_{sname}.npz"), x=x)
                 row.update(metrics.evaluate(x, target, reference, comp.gmm_components,
                                             config.seed), ll_exact=ll_exact)
+                if supports is not None:
+                    row.update(set_accuracy=set_accuracy(x, target, *supports),
+                               set_accuracy_exact=set_accuracy(reference, target, *supports))
                 if param is not None and density.has_log_prob:
                     cache = (kind, bool(spec.equal_nfe))
                     if cache not in model_targets:
@@ -413,15 +451,16 @@ def _fmt(value: Any, spec: str = ".3f") -> str:
 def markdown(result: dict) -> str:
     """The table as Markdown; n/a cells point to numbered footnotes with their reasons."""
     lines = ["| composition | model | sampler | LL | LL exact | mode TV | MMD^2 | Var "
-             "| LL model (exact) | MMD^2 model | accept (level 1) | diverged | NFE | s |",
-             "|---" * 14 + "|"]
+             "| LL model (exact) | MMD^2 model | in p1 not p2 (exact) | accept (level 1) "
+             "| diverged | NFE | s |",
+             "|---" * 15 + "|"]
     reasons: list[str] = []
     for r in (r for r in result["rows"] if r.get("table", True)):
         head = f"| {r['composition']} | {r['parameterization']} | {r['sampler']} |"
         if r["status"] != "ok":
             if r["reason"] not in reasons:
                 reasons.append(r["reason"])
-            lines.append(f"{head} n/a [{reasons.index(r['reason']) + 1}] | | | | | | | | | | |")
+            lines.append(f"{head} n/a [{reasons.index(r['reason']) + 1}] | | | | | | | | | | | |")
             continue
         # A non-finite metric was stored as null; "fail" says so in the table.
         ll, mmd, var = (("fail" if r.get(k) is None else _fmt(r[k], s))
@@ -432,8 +471,11 @@ def markdown(result: dict) -> str:
         accept = "-"
         if r["accept"] is not None:
             accept = f"{_fmt(r['accept'], '.2f')} ({_fmt(r.get('accept_level1'), '.2f')})"
+        acc = "-"
+        if r.get("set_accuracy") is not None:
+            acc = f"{_fmt(r['set_accuracy'], '.2f')} ({_fmt(r['set_accuracy_exact'], '.2f')})"
         lines.append(f"{head} {ll} | {_fmt(r['ll_exact'])} | {_fmt(r.get('mode_tv'))} | {mmd} | "
-                     f"{var} | {model} | {_fmt(r.get('mmd_model'), '.2e')} | {accept} | "
+                     f"{var} | {model} | {_fmt(r.get('mmd_model'), '.2e')} | {acc} | {accept} | "
                      f"{r.get('diverged', '-')} | {r['nfe']} | {r['seconds']:.1f} |")
     lines.append("")
     lines += [f"[{i + 1}] {reason}" for i, reason in enumerate(reasons)]

@@ -14,8 +14,10 @@
   (the classifier trained by ``config.classifier``, one per base pair, under
   ``DIR/classifiers/``), ``algebraic``.
 - ``samplers``: ``reverse`` for every realization; the annealed MCMC kernels
-  (``ula``, ``uhmc`` for any; ``mala``, ``hmc`` and their SMC versions for the
-  algebraic route, which has a log-density) as in ``configs/table2d.py``.
+  (``ula``, ``uhmc``, ``mala``, ``hmc`` and the SMC versions) for the
+  algebraic route, which has a log-density; ``guided_samplers`` for the guided
+  ones (score-only: no Metropolis test, no SMC weights). Settings as in
+  ``configs/table2d.py``.
 
 Every row is scored at level 1 against one exact target: the operator applied
 to the bases' level-0 densities and diffused to level 1 (what exact guided
@@ -104,8 +106,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     config.sampler_names = (("reverse", "ula", "hmc", "hmc_smc") if quick else
                             ("reverse", "ula", "uhmc", "mala", "hmc", "mala_smc", "hmc_smc"))
-    # Which samplers run on the guided (score-only) realizations.
-    config.guided_samplers = ("reverse",) if quick else ("reverse", "ula")
+    # The samplers of the guided (score-only) realizations: reverse, and ULA for the
+    # learned classifier (ULA's 11 evaluations per level would cost the quadrature
+    # classifier ~10x the reverse run; the paper samples by reverse diffusion).
+    config.guided_samplers = ml_collections.ConfigDict(dict(
+        guided_exact=("reverse",), guided_learned=("reverse",) if quick else ("reverse", "ula")))
     config.samplers = ml_collections.ConfigDict()
     config.samplers.reverse = _sampler("reverse")
     config.samplers.ula = _sampler("ula", steps_per_level=10, step_a=0.002)

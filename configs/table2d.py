@@ -3,7 +3,10 @@
     python scripts/table2d.py --config=configs/table2d.py:quick --workdir=runs/table2d
 
 - ``compositions``: product ``ring * bar``, mixture ``left_bar + right_bar``,
-  negation ``ring / left_half_ring ** 0.5`` (RRR's alpha), and the
+  negation ``ring / left_half_ring ** 0.5`` (RRR's alpha), Compositional
+  Sculpting's contrast ``ring^2 / (a ring + (1 - a) left_half_ring)`` at
+  ``a = 0.5`` and ``0.05`` (:mod:`compdiff.sculpt`; negation rows also report the
+  fraction of samples in ring's support and outside the half ring's), and the
   figure-only negation ``big_box / small_box ** 0.5``.
 - ``models``: ``oracle`` (exact diffused densities: sampler error alone),
   ``eps`` (score-only) and ``energy`` (``energy_param``, a log-density).
@@ -120,7 +123,8 @@ def get_config(arg: str | None = "quick") -> ml_collections.ConfigDict:
     config.figure = ml_collections.ConfigDict(dict(extent=1.5, grid_size=120 if quick else 200))
 
     # ConfigDict sorts its keys, so the run order (and which entries run) is explicit.
-    config.composition_names = ("product", "mixture", "negation", "box_negation")
+    config.composition_names = ("product", "mixture", "negation", "contrast", "contrast_a005",
+                                "box_negation")
     config.sampler_names = ("reverse", "reverse_equal", "ula", "uhmc", "mala", "hmc",
                             "mala_smc", "hmc_smc")
     config.compositions = ml_collections.ConfigDict()
@@ -129,6 +133,12 @@ def get_config(arg: str | None = "quick") -> ml_collections.ConfigDict:
                                                gmm_components=2)
     config.compositions.negation = _composition("negation", ("ring", "left_half_ring"),
                                                 alpha=0.5, gmm_components=8)
+    # Compositional Sculpting's negation p1^2 / (alpha p1 + (1 - alpha) p2) (compdiff.sculpt):
+    # bounded by p1 / alpha, so it keeps p1's modes; alpha = 0.05 is the paper's sharp member.
+    config.compositions.contrast = _composition("contrast", ("ring", "left_half_ring"),
+                                                alpha=0.5, gmm_components=8)
+    config.compositions.contrast_a005 = _composition("contrast", ("ring", "left_half_ring"),
+                                                     alpha=0.05, gmm_components=8)
     config.compositions.box_negation = _composition(
         "negation", ("big_box", "small_box"), alpha=0.5, table=False, models=("oracle",))
 

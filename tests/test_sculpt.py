@@ -128,11 +128,11 @@ def test_classifier_terminal_loss_converges_to_exact_posterior(tmp_path, sched):
     """The sculpt_classifier task of compdiff.train: ``Q(y | x_0)`` approaches
     ``p1 / (p1 + p2)`` on base samples, and the bootstrapped joint head approaches
     the exact ``p(y1, y2 | x_t)``."""
-    config = sculpt2d_config.classifier_config(("ring", "bar"), num_levels=sched.num_levels,
-                                               steps=300)
+    pair = ("ring", "left_half_ring")  # exact posteriors 1, 1/3 and 2/3, 0
+    config = sculpt2d_config.classifier_config(pair, num_levels=sched.num_levels, steps=400)
     train.train(config, str(tmp_path / "clf"))
     clf = sculpt.load_classifier(str(tmp_path / "clf"))
-    bases = [toy2d.get("ring", sched), toy2d.get("bar", sched)]
+    bases = [toy2d.get(name, sched) for name in pair]
     x = jnp.concatenate([b.sample(jax.random.PRNGKey(i), 300) for i, b in enumerate(bases)])
     log_p = jnp.stack([b.log_prob(x, 0) for b in bases], -1)
     exact_post = jax.nn.softmax(log_p, -1)
@@ -175,5 +175,6 @@ def test_errors(sched, broad):
     with pytest.raises(TypeError, match="no tractable log-density"):
         guided.log_prob(jnp.zeros((2, 2)), 1)
     # Metropolis-adjusted samplers refuse the score-only guided composite.
-    with pytest.raises(ValueError):
+    guided = sculpt.guided(broad, guided.classifier, sculpt.harmonic_mean())
+    with pytest.raises(ValueError, match="needs a log-density"):
         samplers.sample(guided, samplers.get("mala"), sched, jax.random.PRNGKey(0), 4)
