@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import io
+import pathlib
 import sys
 
 import jax
@@ -240,6 +243,16 @@ def test_configs_load_and_check_variants():
         guidance_models.get_config("digits,conditional=yes")
 
 
+@functools.cache  # loaded once: the script defines absl flags
+def _accuracy_script():
+    spec = importlib.util.spec_from_file_location(
+        "classifier_accuracy", pathlib.Path(__file__).parent.parent / "scripts" /
+        "classifier_accuracy.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.mark.parametrize("arg", ["digits,tiny", "scenes,tiny,noisy=True,attribute=shape"])
 def test_classifier_trains_two_steps(arg, data_dir, tmp_path):
     config = classifier.get_config(arg)
@@ -253,6 +266,11 @@ def test_classifier_trains_two_steps(arg, data_dir, tmp_path):
     t = np.ones(1, np.int32) if config.model.noise_conditional else None
     logits = network.apply({"params": params}, x[None], t)
     assert logits.shape == (1, config.model.num_outputs)
+    # scripts/classifier_accuracy.py on the whole test split (at a noise level if noisy)
+    level = 3 if config.model.noise_conditional else 0
+    out = _accuracy_script().accuracy(str(tmp_path / "run"), "test", level)
+    assert out["num"] == len(test.source) and 0.0 <= out["accuracy"] <= 1.0
+    assert ("held_out_accuracy" in out) == (config.data.source == "scene_classes")
 
 
 def test_class_conditional_data_resolves_the_condition_length(data_dir):
