@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from compdiff import image_metrics
+from compdiff import guidance, image_metrics
 from compdiff.models.classifier import ImageClassifier
 
 
@@ -70,7 +70,9 @@ def test_classifier_features_are_the_penultimate_layer_with_the_same_params():
     last = params["Dense_1"]
     np.testing.assert_allclose(feats @ np.asarray(last["kernel"]) + np.asarray(last["bias"]),
                                net.apply({"params": params}, x), rtol=1e-5, atol=1e-5)
-    got = image_metrics.feature_metrics(feats, feats, "digits-clean")
+    clf = guidance.Classifier.from_module(net, params, name="digits-clean")
+    assert clf.log_probs(x).shape == (5, 3) and not clf.noise_conditional
+    got = image_metrics.feature_metrics(feats, feats, clf.name)
     assert got["feature_space"] == "Frechet distance in digits-clean features"
     assert got["precision"] == got["recall"] == 1.0
     assert got["frechet"] == pytest.approx(0.0, abs=1e-6)
