@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from compdiff import cli, train
+from compdiff import cli, distributed, train
 from compdiff.data import examples, images
 from compdiff.runtime import configure_cpu
 
@@ -70,6 +70,7 @@ def accuracy(workdir: str, split: str = "test", level: int = 0, batch: int = 256
 
 def main(argv: list[str]) -> None:
     configure_cpu()
+    distributed.initialize()
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     train.quiet_orbax_logs()

@@ -12,7 +12,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from compdiff import cli, sculpt2d, train
+from compdiff import cli, distributed, sculpt2d, train
 from compdiff.runtime import configure_cpu
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Sculpt2d config file[:variant].",
@@ -23,6 +23,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv: list[str]) -> None:
     configure_cpu()
+    distributed.initialize()
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     absl_logging.set_verbosity(absl_logging.INFO)
