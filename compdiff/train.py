@@ -25,7 +25,11 @@ noise-conditional, on ``x_t`` at a uniform level. The network is
 
 Data parallelism: parameters are replicated, every batch is sharded over all
 devices on its batch axis (``NamedSharding``), and XLA all-reduces the
-gradients; the state's buffers are donated to the step.
+gradients; the state's buffers are donated to the step. In a multi-host run
+(:mod:`compdiff.distributed`) "all devices" are every process's: each process
+computes its rows of the same global batch, every process saves and restores
+the checkpoints with orbax, and process 0 alone writes config.json,
+metrics.jsonl and tb/ (docs/multihost.md).
 
 The model one normally samples from is the bias-corrected EMA of the
 parameter iterates ``params_1 .. params_n`` (the ``n`` updates so far),
