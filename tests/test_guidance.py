@@ -205,13 +205,17 @@ def test_posterior_at_scale_one_is_the_diffused_component(schedule):
     assert both.groups == ((0, 1),)  # one evaluation of the mixture's components
 
 
+# Reverse diffusion and ULA are biased here by their discretization alone (measured
+# MMD^2 at NUM = 500: 1.4e-2 and 2.6e-2; reverse diffusion at 100 levels under-disperses
+# a std-0.2 Gaussian): they are bounded just above that. Every other sampler, U-HMC
+# included, within 3x the exact-vs-exact floor.
+UNADJUSTED_BIAS = {"reverse": 0.03, "ula": 0.04}
+
+
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
 def test_every_sampler_samples_the_component_at_scale_one(name, oracle_runs):
-    """Metropolis-adjusted samplers within 3x the floor; unadjusted ones carry their own
-    discretization bias (reverse diffusion at 100 levels under-disperses a std-0.2 Gaussian),
-    bounded at 0.05, where a wrong kernel lands far beyond."""
     floor, mmds = oracle_runs[1.0]
-    bound = 3 * floor if name in METROPOLIS else 0.05
+    bound = UNADJUSTED_BIAS.get(name, 3 * floor)
     assert mmds[name] < bound, f"{name}: MMD^2 {mmds[name]:.2e} >= {bound:.2e}"
 
 
