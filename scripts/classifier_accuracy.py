@@ -37,9 +37,10 @@ def accuracy(workdir: str, split: str = "test", level: int = 0, batch: int = 256
     data = images.ImageSource.from_config(config.data, split)
     example = examples.get(config.data.example)
     rng = np.random.default_rng(0)
-    rows = [example(data.source[i], rng) for i in range(len(data.source))]
-    x = np.stack([r["x"] for r in rows])
-    labels = np.array([int(r["label"]) for r in rows])
+    records = [data.source[i] for i in range(len(data.source))]
+    # the stored images as they are (no training augmentation); the label from the example
+    x = np.stack([images.to_unit_range(r["image"]) for r in records])
+    labels = np.array([int(example(r, rng)["label"]) for r in records])
     schedule = train.make_schedule(config)
     apply = jax.jit(lambda p, x, t: network.apply({"params": p}, x, t))
     preds = []
@@ -60,7 +61,7 @@ def accuracy(workdir: str, split: str = "test", level: int = 0, batch: int = 256
         from compdiff.data import scene_classes
 
         held = {scene_classes.class_label(s, c) for s, c in scene_classes.HELD_OUT}
-        joint = np.array([int(data.source[i]["label"]) for i in range(len(data.source))])
+        joint = np.array([int(r["label"]) for r in records])
         mask = np.isin(joint, list(held))
         if mask.any():
             out["held_out_accuracy"] = float(correct[mask].mean())

@@ -197,6 +197,12 @@ def test_example_functions():
     np.testing.assert_array_equal(out["x"], np.ones(4, np.float32))
     assert int(examples.get("class_label")(record, rng)["label"]) == 3
     assert int(examples.get("shape_label")(record, rng)["label"]) == 2
+    rgb = {"image": np.array([[[10, 20, 30]]], np.uint8), "shape": np.int32(0),
+           "colour": np.int32(0)}
+    orders = {tuple(examples.get("shape_label")(rgb, rng)["x"]) for _ in range(40)}
+    assert len(orders) == 6  # every channel order (colour is no shape cue)
+    np.testing.assert_allclose(examples.get("colour_label")(rgb, rng)["x"],
+                               np.array([10, 20, 30]) / 127.5 - 1, rtol=1e-6)
     assert int(examples.get("class_label:key=colour")(record, rng)["label"]) == 1
     np.testing.assert_array_equal(examples.get("image_colour_class")(record, rng)["cond"],
                                   [0, 1, 0, 0])
