@@ -1,0 +1,449 @@
+"""RRR Table 3 at CPU scale: an unconditional diffusion model guided by a classifier.
+
+RRR section 5.3 composes an unconditional model with a noise-conditional
+classifier (:mod:`compdiff.guidance`):
+
+    log p_t(x | y) = log p_t(x) + lam log p_phi(y | x_t, t)
+
+With an energy model the guided density has a log-density, so MALA, HMC and SMC
+apply; with an eps model only the score-only samplers do. Every image row asks
+for one class per chain (the classes in turn) and is scored by a separately
+trained *clean* classifier (the judge): a sample is correct when the judge gives
+the requested class probability > 0.5 (RRR), plus the Frechet distance and
+precision / recall (Kynkaanniemi et al. 2019) in the judge's penultimate
+features against held-out real images (named as such, never FID:
+:mod:`compdiff.image_metrics`). Samples are also written in the ADM evaluation
+suite's npz layout, so a user with real ImageNet computes FID / IS with the
+standard tool.
+
+Rows per dataset: ``reverse`` on both models, ``reverse_equal`` (the eps model on
+the longer schedule that costs what the costliest MCMC row costs), ``ula`` /
+``uhmc`` on both, ``mala`` / ``hmc`` (and SMC variants) on the energy model, and
+classifier-free guidance of a class-conditional eps model of the same size
+(``cfg``: ``log p(x) + w [log p(x|y) - log p(x)]``), all at ``config.scale``;
+then accuracy against the guidance scale per sampler.
+
+Oracle rows (sampler error alone): a 2D Gaussian mixture guided by its exact
+posterior over components (:meth:`compdiff.oracles.GaussianMixture.component_classifier`);
+the exact level-0 target ``p(x) p(k|x)^lam`` is tabulated on a grid and every
+sampler is scored by MMD against exact samples of it (with the exact-vs-exact
+floor) and by the fraction of samples whose exact posterior of ``k`` is > 0.5.
+
+Work directory::
+
+    <dataset>/models/{eps,energy,eps_equal,classifier,judge,conditional}/
+    <dataset>/samples/<model>_<sampler>.npz       ADM layout: arr_0 uint8 NHWC, and labels
+    guidance_table.json, guidance_table.md
+    figures/<dataset>_<model>_<sampler>.png       one row per requested class
+    figures/accuracy_vs_scale.png
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from compdiff import exact, image_grids, image_metrics, metrics, samplers, table2d, train
+from compdiff.clevr_table import make_sampler, row_label
+from compdiff.compose import Density
+from compdiff.data import images as image_data
+from compdiff.guidance import Classifier
+from compdiff.models.diffusion import DiffusionModel, classifier_free_product
+from compdiff.oracles import GaussianMixture, gaussian_mixture
+
+Array = jnp.ndarray
+SCORE_ONLY = ("reverse", "reverse_equal", "ula", "uhmc")
+MODEL_KINDS = ("eps", "energy", "eps_equal", "classifier", "judge", "conditional")
+
+
+# --- evaluation ------------------------------------------------------------------------
+@functools.partial(jax.jit, static_argnums=0)
+def _judge_batch(module, params, x):
+    logits = module.apply({"params": params}, x, None, None)
+    if logits.shape[-1] == 1:  # a binary single-logit classifier: logits (0, l)
+        logits = jnp.concatenate([jnp.zeros_like(logits), logits], -1)
+    feats = module.apply({"params": params}, x, None, None, features=True)
+    return jax.nn.softmax(logits, axis=-1), feats
+
+
+def judge(module, params, x: np.ndarray, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """The clean classifier's class probabilities ``[N, C]`` and penultimate features."""
+    out = [_judge_batch(module, params, jnp.asarray(x[i:i + chunk]))
+           for i in range(0, len(x), chunk)]
+    return (np.concatenate([np.asarray(p) for p, _ in out]),
+            np.concatenate([np.asarray(f) for _, f in out]))
+
+
+def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Fraction of samples whose requested class has probability > 0.5 (RRR)."""
+    probs, labels = np.asarray(probs), np.asarray(labels)
+    if probs.ndim != 2 or labels.shape != probs.shape[:1]:
+        raise ValueError(f"probs must be [N, classes] and labels [N], got {probs.shape} and "
+                         f"{labels.shape}")
+    return float(np.mean(probs[np.arange(len(labels)), labels] > 0.5))
+
+
+def requested_classes(num: int, num_classes: int) -> np.ndarray:
+    """``[num]`` class ids in turn (``0, 1, .., C-1, 0, ..``), so every class is asked."""
+    return np.arange(num) % num_classes
+
+
+def real_images(source, num: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``num`` held-out images (flat, in ``[-1, 1]``) and their labels."""
+    n = min(num, len(source))
+    records = [source[i] for i in range(n)]
+    return (np.stack([image_data.to_unit_range(r["image"]) for r in records]),
+            np.asarray([int(r["label"]) for r in records]))
+
+
+# --- compositions ----------------------------------------------------------------------
+def guided(model: DiffusionModel, classifier: Classifier, labels: Array, scale: float
+           ) -> Density:
+    """``log p_t(x) + scale log p_phi(y | x_t, t)`` (RRR 5.3)."""
+    return model * classifier.given(labels) ** scale
+
+
+def classifier_free(model: DiffusionModel, labels: np.ndarray, num_classes: int,
+                    scale: float) -> Density:
+    """``log p(x) + scale [log p(x|y) - log p(x)]`` of a class-conditional model."""
+    one_hot = jax.nn.one_hot(jnp.asarray(labels), num_classes)
+    return classifier_free_product(model, [one_hot], scale)
+
+
+# --- one dataset -----------------------------------------------------------------------
+def _load(workdir: str, kind: str):
+    return train.load_params(os.path.join(workdir, "models", kind))
+
+
+def train_models(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    """Trains (or reuses) every model of one dataset; seconds per model."""
+    seconds = {}
+    for kind in needed_models(config):
+        t0 = time.time()
+        logging.info("guidance_table: training %s", kind)
+        train.train(config.models[kind], os.path.join(workdir, "models", kind))
+        seconds[kind] = time.time() - t0
+    return seconds
+
+
+def needed_models(config: ml_collections.ConfigDict) -> list[str]:
+    names = {"energy", "classifier", "judge"} | {m for r in config.rows for m in r.models}
+    if any(r.sampler == "reverse_equal" for r in config.rows):
+        names.add("eps_equal")
+    if config.get("classifier_free", False):
+        names.add("conditional")
+    return [k for k in MODEL_KINDS if k in names]
+
+
+def equal_nfe_budget(config: ml_collections.ConfigDict) -> int:
+    t = config.models.energy.schedule.num_levels
+    return max([make_sampler(r).nfe(t) for r in config.rows
+                if r.sampler not in ("reverse", "reverse_equal")] or [0])
+
+
+class _Dataset:
+    """What every cell of one dataset needs: models, classifiers, real features."""
+
+    def __init__(self, name: str, config: ml_collections.ConfigDict, workdir: str):
+        self.name, self.config, self.workdir = name, config, workdir
+        data = config.models.energy.data
+        source = image_data.ImageSource.from_config(data, split="test")
+        self.image_shape = source.image_shape
+        self.models = {k: train.load_model(os.path.join(workdir, "models", k))
+                       for k in ("eps", "energy", "eps_equal", "conditional")
+                       if k in needed_models(config)}
+        _, module, params = _load(workdir, "classifier")
+        self.classifier = Classifier.from_module(module, params, name=f"{name} classifier")
+        _, self.judge_module, self.judge_params = _load(workdir, "judge")
+        self.num_classes = self.classifier.num_classes
+        real, real_labels = real_images(source.source, config.num_real)
+        probs, self.real_features = judge(self.judge_module, self.judge_params, real)
+        self.judge_accuracy = float(np.mean(np.argmax(probs, -1) == real_labels))
+        self.labels = requested_classes(config.num_images, self.num_classes)
+
+    def score(self, x: np.ndarray) -> dict:
+        probs, feats = judge(self.judge_module, self.judge_params, x)
+        pr = image_metrics.precision_recall(self.real_features, feats)
+        return {"accuracy": accuracy(probs, self.labels),
+                "frechet": image_metrics.frechet_distance(self.real_features, feats),
+                "precision": pr[0], "recall": pr[1]}
+
+
+def _sample(target: Density, sampler: samplers.Sampler, schedule, key: Array, num: int):
+    x, stats = samplers.sample(target, sampler, schedule, key, num, mesh=None)
+    return np.asarray(x), stats
+
+
+def _sample_per_class(ds: _Dataset, model: DiffusionModel, sampler, scale: float, key: Array,
+                      schedule=None) -> tuple[np.ndarray, Any]:
+    """SMC resamples across chains, so each class runs as its own population."""
+    x = np.zeros((len(ds.labels), model.dim), np.float32)
+    stats = None
+    for c in range(ds.num_classes):
+        rows = np.flatnonzero(ds.labels == c)
+        if rows.size == 0:
+            continue
+        target = guided(model, ds.classifier, jnp.full(rows.size, c, jnp.int32), scale)
+        x[rows], stats = _sample(target, sampler, schedule or model.schedule,
+                                 jax.random.fold_in(key, c), rows.size)
+    return x, stats
+
+
+def image_cell(ds: _Dataset, spec: ml_collections.ConfigDict, model_name: str, scale: float,
+               key: Array, save: bool = True) -> dict:
+    label = row_label(spec)
+    base = {"dataset": ds.name, "model": model_name, "sampler": label, "scale": scale}
+    if model_name == "eps" and spec.sampler not in SCORE_ONLY:
+        return {**base, "status": "n/a",
+                "reason": f"{spec.sampler} needs a log-density; the eps model is score-only"}
+    model, schedule = ds.models[model_name], None
+    if spec.sampler == "reverse_equal":
+        model = ds.models["eps_equal"]
+        schedule = model.schedule
+        sampler = make_sampler(spec, budget=equal_nfe_budget(ds.config))
+    else:
+        sampler = make_sampler(spec)
+    t0 = time.time()
+    if spec.get("resample_ess", 0.0) > 0:
+        x, stats = _sample_per_class(ds, model, sampler, scale, key, schedule)
+    else:
+        target = guided(model, ds.classifier, jnp.asarray(ds.labels, jnp.int32), scale)
+        x, stats = _sample(target, sampler, schedule or model.schedule, key, len(ds.labels))
+    seconds = time.time() - t0
+    row = {**base, **ds.score(x), "nfe": int(stats.nfe), "seconds": seconds,
+           "diverged": int(stats.diverged)}
+    if save:
+        _save(ds, x, f"{model_name}_{label}")
+    logging.info("%s %-6s %-10s scale %.1f accuracy %.3f frechet %.2f nfe %d %.1fs", ds.name,
+                 model_name, label, scale, row["accuracy"], row["frechet"], row["nfe"], seconds)
+    return row
+
+
+def classifier_free_cell(ds: _Dataset, scale: float, key: Array) -> dict:
+    model = ds.models["conditional"]
+    t0 = time.time()
+    x, stats = _sample(classifier_free(model, ds.labels, ds.num_classes, scale),
+                       samplers.get("reverse"), model.schedule, key, len(ds.labels))
+    row = {"dataset": ds.name, "model": "conditional eps", "sampler": "cfg", "scale": scale,
+           **ds.score(x), "nfe": int(stats.nfe), "seconds": time.time() - t0,
+           "diverged": int(stats.diverged)}
+    _save(ds, x, "conditional_cfg")
+    return row
+
+
+def _save(ds: _Dataset, x: np.ndarray, name: str) -> None:
+    images = image_data.to_uint8(x, ds.image_shape)
+    os.makedirs(os.path.join(ds.workdir, "samples"), exist_ok=True)
+    image_metrics.write_adm_npz(os.path.join(ds.workdir, "samples", f"{name}.npz"), images,
+                                labels=ds.labels)
+    per_class = max(1, min(8, len(ds.labels) // ds.num_classes))
+    order = np.concatenate([np.flatnonzero(ds.labels == c)[:per_class]
+                            for c in range(ds.num_classes)])
+    image_grids.save_grid(images[order], os.path.join(
+        os.path.dirname(ds.workdir), "figures", f"{ds.name}_{name}.png"), ncols=per_class)
+
+
+def run_dataset(name: str, config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Every row of one dataset, plus accuracy against the guidance scale."""
+    train_seconds = train_models(config, workdir)
+    ds = _Dataset(name, config, workdir)
+    logging.info("guidance_table: %s judge accuracy on held-out images %.3f", name,
+                 ds.judge_accuracy)
+    key = jax.random.key(config.seed)
+    rows = []
+    for i, spec in enumerate(config.rows):
+        for model_name in spec.models:
+            rows.append(image_cell(ds, spec, model_name, config.scale,
+                                   jax.random.fold_in(key, i)))
+    if config.get("classifier_free", False):
+        rows.append(classifier_free_cell(ds, config.scale, jax.random.fold_in(key, 99)))
+    curve = []
+    for spec in config.scale_curve.rows:
+        for scale in config.scale_curve.scales:
+            for model_name in spec.models:
+                row = image_cell(ds, spec, model_name, scale,
+                                 jax.random.fold_in(key, 1000 + int(10 * scale)), save=False)
+                curve.append({k: row[k] for k in ("model", "sampler", "scale", "accuracy",
+                                                  "frechet") if k in row})
+    return {"rows": rows, "scale_curve": curve, "judge_accuracy": ds.judge_accuracy,
+            "train_seconds": train_seconds}
+
+
+# --- the oracle rows -------------------------------------------------------------------
+def oracle_mixture(config: ml_collections.ConfigDict) -> GaussianMixture:
+    from compdiff import schedules
+
+    schedule = schedules.get(config.schedule, config.num_levels)
+    return gaussian_mixture(np.asarray(config.means, np.float32), config.std, schedule,
+                            name="oracle")
+
+
+def mmd_floor(grid: exact.GridTarget, reference: np.ndarray, key: Array,
+              repeats: int = 5) -> float:
+    """The noise of the unbiased MMD^2 estimator at this sample size: the root mean square
+    of MMD^2 between ``reference`` and fresh exact samples (a mean of the signed values
+    would be about 0, and a single one can be negative)."""
+    values = [metrics.mmd(reference, np.asarray(grid.sample(k, len(reference))))
+              for k in jax.random.split(key, repeats)]
+    return float(np.sqrt(np.mean(np.square(values))))
+
+
+def oracle_rows(config: ml_collections.ConfigDict, seed: int) -> list[dict]:
+    """Guidance of a Gaussian mixture by its exact component posterior: sampler error alone."""
+    gmm = oracle_mixture(config)
+    posterior = gmm.component_classifier()
+    key = jax.random.key(seed)
+    rows = []
+    for scale in config.scales:
+        target = gmm * posterior.given(config.component) ** scale
+        grid = exact.on_grid(target, t=0, extent=config.extent, size=config.grid_size)
+        k_ref, k_floor = jax.random.split(jax.random.fold_in(key, int(10 * scale)))
+        reference = np.asarray(grid.sample(k_ref, config.num_samples))
+        floor = mmd_floor(grid, reference, k_floor)
+        for i, spec in enumerate(config.rows):
+            sampler = make_sampler(spec)
+            t0 = time.time()
+            x, stats = _sample(target, sampler, gmm.schedule,
+                               jax.random.fold_in(key, 100 * i + int(10 * scale)),
+                               config.num_samples)
+            k_post = np.exp(np.asarray(posterior.log_probs(jnp.asarray(x), 0)))[
+                :, config.component]
+            rows.append({"dataset": "oracle", "model": "exact", "sampler": row_label(spec),
+                         "scale": float(scale), "mmd": metrics.mmd(x, reference),
+                         "mmd_floor": floor, "accuracy": float(np.mean(k_post > 0.5)),
+                         "nfe": int(stats.nfe), "seconds": time.time() - t0,
+                         "diverged": int(stats.diverged)})
+            logging.info("oracle scale %.1f %-10s mmd %.4f (floor %.4f) accuracy %.3f",
+                         scale, row_label(spec), rows[-1]["mmd"], floor, rows[-1]["accuracy"])
+    return rows
+
+
+# --- the table -------------------------------------------------------------------------
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    t_start = time.time()
+    workdir = os.path.abspath(workdir)
+    os.makedirs(os.path.join(workdir, "figures"), exist_ok=True)
+    result: dict[str, Any] = {"rows": [], "scale_curve": [], "judge_accuracy": {},
+                              "train_seconds": {}}
+    if config.get("oracle"):
+        result["rows"] += oracle_rows(config.oracle, config.seed)
+    for name in config.datasets:
+        sub = config.dataset_configs[name]
+        for model in sub.models.values():
+            model.data.data_dir = config.data_dir
+        out = run_dataset(name, sub, os.path.join(workdir, name))
+        result["rows"] += out["rows"]
+        result["scale_curve"] += [{"dataset": name, **c} for c in out["scale_curve"]]
+        result["judge_accuracy"][name] = out["judge_accuracy"]
+        result["train_seconds"][name] = out["train_seconds"]
+    result["classifier_accuracy"] = result["judge_accuracy"]
+    result.update(machine=table2d.machine(), config=json.loads(config.to_json()),
+                  wall_seconds=time.time() - t_start)
+    if result["scale_curve"]:
+        _scale_figure(result["scale_curve"], os.path.join(workdir, "figures",
+                                                          "accuracy_vs_scale.png"))
+    with open(os.path.join(workdir, "guidance_table.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    with open(os.path.join(workdir, "guidance_table.md"), "w") as f:
+        f.write(markdown(result))
+    logging.info("guidance_table done in %.0fs: %s", result["wall_seconds"], workdir)
+    return result
+
+
+def _scale_figure(curve: list[dict], path: str) -> None:
+    import matplotlib.pyplot as plt
+
+    datasets = list(dict.fromkeys(c["dataset"] for c in curve))
+    fig, axes = plt.subplots(1, len(datasets), figsize=(4 * len(datasets), 3), squeeze=False)
+    for ax, name in zip(axes[0], datasets):
+        points = [c for c in curve if c["dataset"] == name and "accuracy" in c]
+        for key in dict.fromkeys((c["model"], c["sampler"]) for c in points):
+            pts = sorted((c["scale"], c["accuracy"]) for c in points
+                         if (c["model"], c["sampler"]) == key)
+            ax.plot(*zip(*pts), marker="o", label=" ".join(key))
+        ax.set_title(name)
+        ax.set_xlabel("guidance scale")
+        ax.set_ylabel("accuracy (judge p > 0.5)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _verdict(a: float, b: float, n: int) -> str:
+    """Whether ``a > b`` beyond two standard errors of the difference (n samples each)."""
+    se = math.sqrt(max(a * (1 - a) + b * (1 - b), 1e-12) / n)
+    if a - b > 2 * se:
+        return "holds"
+    return "fails" if b - a > 2 * se else f"unresolved (|difference| < 2 s.e. = {2 * se:.2f})"
+
+
+def claims(result: dict) -> list[str]:
+    """RRR's claim per dataset: MCMC on the energy model raises accuracy over reverse
+    diffusion at equal NFE without hurting the Frechet distance; and the oracle check."""
+    lines = []
+    for name in dict.fromkeys(r["dataset"] for r in result["rows"]):
+        rows = [r for r in result["rows"] if r["dataset"] == name and "status" not in r]
+        if name == "oracle":
+            for scale in sorted({r["scale"] for r in rows}):
+                at = [r for r in rows if r["scale"] == scale]
+                ok = [r["sampler"] for r in at if r["mmd"] <= 3 * r["mmd_floor"]]
+                lines.append(f"Oracle, scale {scale:g}: within 3x the exact-vs-exact MMD floor: "
+                             + (", ".join(ok) if ok else "none") + ".")
+            continue
+        n = result["config"]["dataset_configs"][name]["num_images"]
+        reverse = [r for r in rows if r["sampler"] in ("reverse", "reverse_equal")
+                   and r["model"] != "conditional eps"]
+        mcmc = [r for r in rows if r["model"] == "energy" and r["sampler"] not in
+                ("reverse", "reverse_equal")]
+        if not reverse or not mcmc:
+            continue
+        best_mcmc = max(mcmc, key=lambda r: r["accuracy"])
+        best_rev = max(reverse, key=lambda r: r["accuracy"])
+        frechet = ("without hurting the Frechet distance" if best_mcmc["frechet"]
+                   <= best_rev["frechet"] else "but with a larger Frechet distance")
+        lines.append(
+            f"{name}: MCMC on the energy model beats reverse diffusion: "
+            f"{_verdict(best_mcmc['accuracy'], best_rev['accuracy'], n)} "
+            f"(energy {best_mcmc['sampler']} {best_mcmc['accuracy']:.2f}, Frechet "
+            f"{best_mcmc['frechet']:.2f}; {best_rev['model']} {best_rev['sampler']} "
+            f"{best_rev['accuracy']:.2f}, Frechet {best_rev['frechet']:.2f}; {frechet}).")
+    return lines
+
+
+def _fmt(value: Any, spec: str = ".3f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def markdown(result: dict) -> str:
+    lines = ["| dataset | model | sampler | scale | accuracy | Frechet (judge features) | "
+             "precision | recall | MMD (floor) | NFE | seconds |", "|---" * 11 + "|"]
+    for r in result["rows"]:
+        if r.get("status") == "n/a":
+            continue
+        mmd = f"{r['mmd']:.4f} ({r['mmd_floor']:.4f})" if "mmd" in r else "-"
+        lines.append(f"| {r['dataset']} | {r['model']} | {r['sampler']} | {r['scale']:g} | "
+                     f"{r['accuracy']:.2f} | {_fmt(r.get('frechet'), '.2f')} | "
+                     f"{_fmt(r.get('precision'), '.2f')} | {_fmt(r.get('recall'), '.2f')} | "
+                     f"{mmd} | {r['nfe']} | {r['seconds']:.0f} |")
+    lines += [""] + claims(result)
+    lines.append("\nJudge (clean classifier) accuracy on held-out images: " + ", ".join(
+        f"{k} {v:.3f}" for k, v in result["judge_accuracy"].items()) + ".")
+    if result.get("scale_curve"):
+        lines.append("\nAccuracy against guidance scale: " + "; ".join(
+            f"{c['dataset']} {c['model']} {c['sampler']} {c['scale']:g}: {c['accuracy']:.2f}"
+            for c in result["scale_curve"] if "accuracy" in c) + ".")
+    train_s = sum(sum(v.values()) for v in result["train_seconds"].values())
+    lines.append(f"\nMachine: {result['machine']}. Wall time {result['wall_seconds']:.0f}s "
+                 f"(training {train_s:.0f}s).")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,141 @@
+"""RRR Table 3 at CPU scale: ``scripts/guidance_table.py --config=configs/guidance_table.py:<v>``.
+
+Variants:
+
+- ``tiny``: for tests, seconds: the ``tiny`` digits models (2 steps), 4 images per cell.
+- ``quick``: digits only, models trained briefly, 20 images per cell.
+- ``cpu``: digits and rendered scene classes, 40 images per cell.
+- ``paper``: RRR's ImageNet settings (``configs/guidance_models.py:paper``: 128 px,
+  channels 128, multipliers 1,1,2,3,4, 2 residual blocks, 1000 levels) and its samplers
+  (one reverse step, then MALA 6 steps of ``0.5 beta_t`` or HMC 2 steps x 3 leapfrog of
+  ``0.6 beta_t^1.5``, mass ``beta_t``), for accelerators.
+
+At CPU scale every MCMC row takes one reverse step into each level and one kernel step
+(HMC: one leapfrog step), as the CLEVR table does, so every MCMC row costs 2 gradient
+evaluations per level and ``reverse_equal`` matches it. The oracle rows (a 2D Gaussian
+mixture guided by its exact posterior over components) run in every variant.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from compdiff import samplers, schedules
+from configs import classifier as classifier_configs
+from configs import guidance_models
+
+VARIANTS = ("tiny", "quick", "cpu", "paper")
+
+
+def _row(sampler: str, models: tuple[str, ...], **kw) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict({"sampler": sampler, "models": list(models), **kw})
+
+
+def _rows(variant: str) -> list[ml_collections.ConfigDict]:
+    if variant == "paper":
+        mala = dict(steps_per_level=6, step=0.5)
+        hmc = dict(steps_per_level=2, leapfrog=3, step=0.6, step_power=1.5, damping=0.9)
+    else:
+        mala = dict(steps_per_level=1, step=0.035)
+        hmc = dict(steps_per_level=1, leapfrog=1, step=0.1, damping=0.5)
+    rows = [
+        _row("reverse", ("eps", "energy")),
+        _row("reverse_equal", ("eps",)),
+        _row("ula", ("eps", "energy"), **mala),
+        _row("uhmc", ("eps", "energy"), **hmc),
+        # eps cells of Metropolis rows are "n/a" rows with the reason (score-only model).
+        _row("mala", ("eps", "energy"), **mala),
+        _row("hmc", ("eps", "energy"), **hmc),
+        _row("mala", ("eps", "energy"), resample_ess=0.5, **mala),
+        _row("hmc", ("eps", "energy"), resample_ess=0.5, **hmc),
+    ]
+    if variant == "tiny":  # the code paths of the rows (reverse_equal: the CLEVR table's)
+        return [rows[i] for i in (0, 7)]
+    if variant == "quick":
+        return [rows[i] for i in (0, 2, 5)]
+    return rows
+
+
+def _dataset(name: str, variant: str) -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+    config.num_images = {"tiny": 4, "quick": 20, "cpu": 40, "paper": 1000}[variant]
+    config.num_real = {"tiny": 16, "quick": 200, "cpu": 297, "paper": 10_000}[variant]
+    config.scale = 1.0 if variant == "paper" else 3.0
+    config.classifier_free = variant != "quick"
+    config.rows = _rows(variant)
+    model_name = "tiny" if variant == "tiny" else ("paper" if variant == "paper" else name)
+    clf_name = f"{name},tiny" if variant == "tiny" else name
+    models = ml_collections.ConfigDict()
+    models.eps = guidance_models.get_config(f"{model_name},param=eps")
+    models.energy = guidance_models.get_config(f"{model_name},param=energy_dae")
+    models.conditional = guidance_models.get_config(f"{model_name},param=eps,conditional=True")
+    models.classifier = classifier_configs.get_config(f"{clf_name},noisy=True")
+    models.judge = classifier_configs.get_config(clf_name)
+    if variant == "quick":
+        for kind in ("eps", "energy", "conditional"):
+            models[kind].train.steps = 1000
+        models.classifier.train.steps = 500
+    base = models.energy.schedule
+    nfe = max(samplers.get(r.sampler, **{k: v for k, v in r.items() if k in (
+        "steps_per_level", "leapfrog")}, reverse_first=True).nfe(base.num_levels)
+              for r in config.rows if r.sampler not in ("reverse", "reverse_equal"))
+    sigma_1 = float(schedules.get(base.name, base.num_levels).sigma[1])
+    models.eps_equal = guidance_models.get_config(f"{model_name},param=eps")
+    models.eps_equal.schedule.num_levels = samplers.equal_cost_levels(base.name, sigma_1, nfe)[0]
+    config.models = models
+    config.scale_curve = ml_collections.ConfigDict()
+    config.scale_curve.scales = {"tiny": [1.0], "quick": [1.0, 10.0]}.get(
+        variant, [0.0, 1.0, 3.0, 10.0])
+    # Reverse diffusion against HMC on the energy model (RRR's Table 3 pair).
+    config.scale_curve.rows = [
+        _row(r.sampler, ("energy",), **{k: v for k, v in r.items() if k not in (
+            "sampler", "models")})
+        for r in config.rows if r.sampler in ("reverse", "hmc") and not r.get("resample_ess")]
+    if variant == "tiny":  # the reverse row's compiled sampler serves the curve too
+        config.scale_curve.rows = config.scale_curve.rows[:1]
+    return config
+
+
+def _oracle(variant: str) -> ml_collections.ConfigDict:
+    """Two overlapping Gaussians: guidance toward the first (the exact target is on a grid)."""
+    config = ml_collections.ConfigDict()
+    config.means = [[-0.4, 0.0], [0.4, 0.0]]
+    config.std = 0.3
+    config.schedule = "linear"
+    config.num_levels = 20 if variant == "tiny" else 100
+    config.component = 0
+    config.scales = [1.0, 3.0]
+    config.num_samples = 1000
+    config.extent = 2.0
+    config.grid_size = 200
+    # The 2D table's settings (configs/table2d.py:paper): constant steps, HMC mass 1.
+    mala = dict(steps_per_level=10, step=0.002, step_power=0.0)
+    hmc = dict(steps_per_level=3, leapfrog=3, step=0.03, step_power=0.0, mass_power=0.0,
+               damping=0.5)
+    config.rows = [_row("reverse", ("exact",)), _row("ula", ("exact",), **mala),
+                   _row("uhmc", ("exact",), **hmc), _row("mala", ("exact",), **mala),
+                   _row("hmc", ("exact",), **hmc),
+                   _row("mala", ("exact",), resample_ess=0.5, **mala),
+                   _row("hmc", ("exact",), resample_ess=0.5, **hmc)]
+    if variant in ("tiny", "quick"):
+        config.rows = [config.rows[i] for i in (0, 4)]
+        config.num_samples = 300 if variant == "tiny" else 500
+    if variant == "tiny":
+        config.scales, config.grid_size = [3.0], 100
+    return config
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    variant = arg or "cpu"
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown guidance_table variant {variant!r}; known: {list(VARIANTS)}")
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+    config.data_dir = guidance_models.DEFAULT_DATA_DIR
+    config.datasets = {"tiny": ["digits"], "quick": ["digits"], "cpu": ["digits", "scenes"],
+                       "paper": ["imagenet"]}[variant]
+    config.dataset_configs = ml_collections.ConfigDict(
+        {name: _dataset(name, variant) for name in config.datasets})
+    config.oracle = _oracle(variant)
+    return config
