@@ -120,8 +120,8 @@ def train(policies: list[np.ndarray], n: int, config: ml_collections.ConfigDict,
     Returns float64 log tables ``(nonterminal [H, H, m^n], terminal [H, H, m])`` and a
     summary (last chunk's mean terminal and non-terminal losses, wall seconds).
     ``config`` holds ``hidden, layers, steps, batch, lr, ema, ramp_steps``; the learning
-    rate decays to 0 on a cosine over the ``steps`` (it lowers the composed L1 by about
-    a third against a constant rate, docs/gflownet.md).
+    rate decays to 0 on a cosine over the ``steps`` (harmonic-mean L1 0.040 against 0.048
+    with a constant rate at 32 x 32, docs/gflownet.md).
     """
     check_config(config)
     if n < 1:
