@@ -37,6 +37,10 @@ def test_notebook_is_committed_without_outputs(path):
 def test_notebook_runs_at_tiny_size(path, tmp_path, monkeypatch):
     monkeypatch.setenv("COMPDIFF_NOTEBOOK_SIZE", "tiny")
     monkeypatch.setenv("COMPDIFF_NOTEBOOK_WORKDIR", str(tmp_path))
+    # One XLA CPU thread (compdiff.runtime.configure_cpu, called by the notebooks as by the
+    # scripts): at this size compiling dominates, and a second thread only spins beside
+    # the other tests of a parallel CI run.
+    monkeypatch.setenv("COMPDIFF_CPU_THREADS", "1")
     # The kernel must import this checkout's compdiff and configs, as pytest does.
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [
         ROOT, os.environ.get("PYTHONPATH", "")])))
@@ -49,4 +53,4 @@ def test_notebook_runs_at_tiny_size(path, tmp_path, monkeypatch):
     assert "size tiny" in text
     images = sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code"
                  for o in c.get("outputs", []))
-    assert images >= 3, f"{_name(path)} showed {images} figures"
+    assert images >= 2, f"{_name(path)} showed {images} figures"  # the data, the samples
