@@ -83,7 +83,10 @@ class ImageClassifier(nn.Module):
             if level < len(self.channel_mult) - 1:
                 hidden = nn.Conv(ch, (3, 3), strides=(2, 2))(hidden)
         pooled = jnp.mean(hidden, axis=(1, 2))
+        # The head is created before the hidden layer, as it was before `features` existed:
+        # Linen names layers in creation order, so checkpoints written then still restore.
+        head = nn.Dense(self.num_outputs)
         penultimate = nn.silu(nn.Dense(4 * self.channels)(pooled))
         if features:
             return penultimate
-        return nn.Dense(self.num_outputs)(penultimate)
+        return head(penultimate)
