@@ -67,7 +67,9 @@ def test_classifier_features_are_the_penultimate_layer_with_the_same_params():
     params = net.init(jax.random.key(1), x)["params"]
     feats = image_metrics.classifier_features(net, params, np.asarray(x), batch_size=2)
     assert feats.shape == (5, 16)
-    last = params["Dense_1"]
+    # The head is Dense_0, the name it had before features= existed (old checkpoints restore).
+    last = params["Dense_0"]
+    assert last["kernel"].shape == (16, 3)
     np.testing.assert_allclose(feats @ np.asarray(last["kernel"]) + np.asarray(last["bias"]),
                                net.apply({"params": params}, x), rtol=1e-5, atol=1e-5)
     clf = guidance.Classifier.from_module(net, params, name="digits-clean")
