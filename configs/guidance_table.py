@@ -3,7 +3,7 @@
 Variants:
 
 - ``tiny``: for tests, seconds: the ``tiny`` digits models (2 steps), 4 images per cell.
-- ``quick``: digits only, models trained briefly, 20 images per cell.
+- ``quick``: digits only, half-width models trained briefly, 20 images per cell.
 - ``cpu``: digits and rendered scene classes, 40 images per cell.
 - ``paper``: RRR's ImageNet settings (``configs/guidance_models.py:paper``: 128 px,
   channels 128, multipliers 1,1,2,3,4, 2 residual blocks, 1000 levels) and its samplers
@@ -72,10 +72,12 @@ def _dataset(name: str, variant: str) -> ml_collections.ConfigDict:
     models.conditional = guidance_models.get_config(f"{model_name},param=eps,conditional=True")
     models.classifier = classifier_configs.get_config(f"{clf_name},noisy=True")
     models.judge = classifier_configs.get_config(clf_name)
-    if variant == "quick":
+    if variant == "quick":  # half-width UNets (channels 16) and short runs, to fit 10 minutes
         for kind in ("eps", "energy", "conditional"):
-            models[kind].train.steps = 1000
-        models.classifier.train.steps = 500
+            models[kind].model.channels = 16
+            models[kind].train.steps = 800
+        models.classifier.train.steps = 600
+        models.judge.train.steps = 600
     base = models.energy.schedule
     nfe = max(samplers.get(r.sampler, **{k: v for k, v in r.items() if k in (
         "steps_per_level", "leapfrog")}, reverse_first=True).nfe(base.num_levels)
