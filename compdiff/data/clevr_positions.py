@@ -40,17 +40,14 @@ caster gives any resolution, any size, full multi-object labels and no download.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import inspect
-import os
-import time
 
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from compdiff.data import render
+from compdiff.data import builders, render
 
 _SPLITS = {"train": 0, "test": 1}
 
@@ -148,27 +145,17 @@ def make_example(config: ClevrPositionsConfig, split_id: int, index: int) -> dic
 
 
 def config_names() -> list[str]:
-    return [c.name for c in ClevrPositions.BUILDER_CONFIGS]
+    return builders.config_names(ClevrPositions)
 
 
 def prepare(config_name: str, data_dir: str) -> ClevrPositions:
     """Builds ``clevr_positions/<config_name>`` under ``data_dir`` (or reuses it)."""
-    if config_name not in config_names():
-        raise ValueError(
-            f"unknown clevr_positions config {config_name!r}; known: {', '.join(config_names())}"
-        )
-    builder = ClevrPositions(
-        config=config_name, data_dir=os.fspath(data_dir), file_format="array_record"
-    )
-    builder.download_and_prepare()
-    return builder
+    return builders.prepare(ClevrPositions, config_name, data_dir)
 
 
 def data_source(config_name: str, split: str, data_dir: str):
     """Random-access source (``len(src)``, ``src[i]`` -> dict of numpy arrays) of a split."""
-    if split not in _SPLITS:
-        raise ValueError(f"unknown split {split!r}; known: {', '.join(_SPLITS)}")
-    return prepare(config_name, data_dir).as_data_source(split=split)
+    return builders.data_source(ClevrPositions, config_name, split, data_dir, _SPLITS)
 
 
 def load_composable_npz(path: str) -> dict:
@@ -219,18 +206,7 @@ def load_composable_npz(path: str) -> dict:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description="Build the clevr_positions tfds dataset.")
-    parser.add_argument("--config", default="32px", choices=config_names())
-    parser.add_argument("--data_dir", required=True)
-    args = parser.parse_args(argv)
-    tfds.display_progress_bar(True)
-    start = time.perf_counter()
-    builder = prepare(args.config, args.data_dir)
-    seconds = time.perf_counter() - start
-    c = builder.builder_config
-    total = c.num_train + c.num_test
-    print(f"clevr_positions/{c.name} at {builder.data_dir}: {total} examples in {seconds:.1f} s "
-          f"({total / max(seconds, 1e-9):.0f} examples/s; instant if it was already built)")
+    builders.build_main(ClevrPositions, "32px", argv)
 
 
 if __name__ == "__main__":

@@ -27,15 +27,14 @@ Configs: ``16px`` (factor 2) and ``32px`` (factor 4). Building takes a second::
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import inspect
-import os
-import time
 
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
+
+from compdiff.data import builders
 
 NUM_CLASSES = 10
 NUM_TEST = 297
@@ -130,35 +129,21 @@ class Digits(tfds.core.GeneratorBasedBuilder):
 
 
 def config_names() -> list[str]:
-    return [c.name for c in Digits.BUILDER_CONFIGS]
+    return builders.config_names(Digits)
 
 
 def prepare(config_name: str, data_dir: str) -> Digits:
     """Builds ``digits/<config_name>`` under ``data_dir`` (or reuses it)."""
-    if config_name not in config_names():
-        raise ValueError(f"unknown digits config {config_name!r}; known: "
-                         f"{', '.join(config_names())}")
-    builder = Digits(config=config_name, data_dir=os.fspath(data_dir),
-                     file_format="array_record")
-    builder.download_and_prepare()
-    return builder
+    return builders.prepare(Digits, config_name, data_dir)
 
 
 def data_source(config_name: str, split: str, data_dir: str):
     """Random-access source (``len(src)``, ``src[i]`` -> dict of numpy arrays) of a split."""
-    if split not in _SPLITS:
-        raise ValueError(f"unknown digits split {split!r}; known: {', '.join(_SPLITS)}")
-    return prepare(config_name, data_dir).as_data_source(split=split)
+    return builders.data_source(Digits, config_name, split, data_dir, _SPLITS)
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description="Build the digits tfds dataset.")
-    parser.add_argument("--config", default="32px", choices=config_names())
-    parser.add_argument("--data_dir", required=True)
-    args = parser.parse_args(argv)
-    start = time.perf_counter()
-    builder = prepare(args.config, args.data_dir)
-    print(f"digits/{args.config} at {builder.data_dir} in {time.perf_counter() - start:.1f} s")
+    builders.build_main(Digits, "32px", argv)
 
 
 if __name__ == "__main__":

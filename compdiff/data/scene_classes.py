@@ -34,17 +34,14 @@ progress bar shows)::
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import inspect
-import os
-import time
 
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from compdiff.data import render
+from compdiff.data import builders, render
 
 SHAPES: tuple[str, ...] = render.SHAPES
 COLOURS: tuple[str, ...] = ("red", "green", "blue", "yellow")
@@ -156,39 +153,21 @@ def make_example(config: SceneClassesConfig, split: str, index: int) -> dict:
 
 
 def config_names() -> list[str]:
-    return [c.name for c in SceneClasses.BUILDER_CONFIGS]
+    return builders.config_names(SceneClasses)
 
 
 def prepare(config_name: str, data_dir: str) -> SceneClasses:
     """Builds ``scene_classes/<config_name>`` under ``data_dir`` (or reuses it)."""
-    if config_name not in config_names():
-        raise ValueError(f"unknown scene_classes config {config_name!r}; known: "
-                         f"{', '.join(config_names())}")
-    builder = SceneClasses(config=config_name, data_dir=os.fspath(data_dir),
-                           file_format="array_record")
-    builder.download_and_prepare()
-    return builder
+    return builders.prepare(SceneClasses, config_name, data_dir)
 
 
 def data_source(config_name: str, split: str, data_dir: str):
     """Random-access source (``len(src)``, ``src[i]`` -> dict of numpy arrays) of a split."""
-    if split not in _SPLITS:
-        raise ValueError(f"unknown scene_classes split {split!r}; known: {', '.join(_SPLITS)}")
-    return prepare(config_name, data_dir).as_data_source(split=split)
+    return builders.data_source(SceneClasses, config_name, split, data_dir, _SPLITS)
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description="Build the scene_classes tfds dataset.")
-    parser.add_argument("--config", default="32px", choices=config_names())
-    parser.add_argument("--data_dir", required=True)
-    args = parser.parse_args(argv)
-    tfds.display_progress_bar(True)
-    start = time.perf_counter()
-    builder = prepare(args.config, args.data_dir)
-    seconds = time.perf_counter() - start
-    c = builder.builder_config
-    print(f"scene_classes/{c.name} at {builder.data_dir}: {c.num_train + c.num_test} examples "
-          f"in {seconds:.1f} s (instant if it was already built)")
+    builders.build_main(SceneClasses, "32px", argv)
 
 
 if __name__ == "__main__":
