@@ -53,7 +53,16 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from compdiff import exact, image_grids, image_metrics, metrics, samplers, table2d, train
+from compdiff import (
+    exact,
+    image_grids,
+    image_metrics,
+    metrics,
+    samplers,
+    schedules,
+    table2d,
+    train,
+)
 from compdiff.clevr_table import make_sampler, row_label
 from compdiff.compose import Density
 from compdiff.data import images as image_data
@@ -281,8 +290,6 @@ def run_dataset(name: str, config: ml_collections.ConfigDict, workdir: str) -> d
 
 # --- the oracle rows -------------------------------------------------------------------
 def oracle_mixture(config: ml_collections.ConfigDict) -> GaussianMixture:
-    from compdiff import schedules
-
     schedule = schedules.get(config.schedule, config.num_levels)
     return gaussian_mixture(np.asarray(config.means, np.float32), config.std, schedule,
                             name="oracle")
