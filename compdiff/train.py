@@ -469,13 +469,17 @@ def _open_board(workdir: str, start: int) -> Any:
     tensorboardX writes event files without TensorFlow. A resumed run purges
     the points an earlier run logged after ``start`` (TensorBoard drops them
     when it reads the file), as :func:`_truncate_metrics` drops their lines.
+    The file name carries ``start``: tensorboardX names files by the second,
+    so a resume within the same second would otherwise overwrite the first
+    run's file (a later run from the same ``start`` purges those points anyway).
     """
     if not distributed.is_main():
         return None
     import tensorboardX  # only process 0 writes
 
     return tensorboardX.SummaryWriter(os.path.join(workdir, TB_DIR),
-                                      purge_step=start + 1 if start else None)
+                                      purge_step=start + 1 if start else None,
+                                      filename_suffix=f".from_step{start}")
 
 
 def _truncate_metrics(workdir: str, step: int) -> None:
