@@ -21,6 +21,7 @@ from __future__ import annotations
 import ml_collections
 
 from compdiff import samplers, schedules
+from compdiff.data import scene_classes
 from configs import classifier as classifier_configs
 from configs import guidance_models
 
@@ -52,14 +53,23 @@ def _rows(variant: str) -> list[ml_collections.ConfigDict]:
     if variant == "tiny":  # the code paths of the rows (reverse_equal: the CLEVR table's)
         return [rows[i] for i in (0, 7)]
     if variant == "quick":
-        return [rows[i] for i in (0, 2, 5)]
+        return [rows[i] for i in (0, 5)]
+    if variant == "cpu":  # one SMC row: per-class populations cost 10 runs each
+        return rows[:-2] + rows[-1:]
     return rows
+
+
+def _energy_rows(rows: list[ml_collections.ConfigDict]) -> list[ml_collections.ConfigDict]:
+    """Reverse diffusion against HMC on the energy model (RRR's Table 3 pair)."""
+    return [_row(r.sampler, ("energy",), **{k: v for k, v in r.items() if k not in (
+        "sampler", "models")})
+        for r in rows if r.sampler in ("reverse", "hmc") and not r.get("resample_ess")]
 
 
 def _dataset(name: str, variant: str) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
-    config.num_images = {"tiny": 4, "quick": 20, "cpu": 40, "paper": 1000}[variant]
+    config.num_images = {"tiny": 4, "quick": 20, "cpu": 30, "paper": 1000}[variant]
     config.num_real = {"tiny": 16, "quick": 200, "cpu": 297, "paper": 10_000}[variant]
     config.scale = 1.0 if variant == "paper" else 3.0
     config.classifier_free = variant != "quick"
@@ -72,28 +82,52 @@ def _dataset(name: str, variant: str) -> ml_collections.ConfigDict:
     models.conditional = guidance_models.get_config(f"{model_name},param=eps,conditional=True")
     models.classifier = classifier_configs.get_config(f"{clf_name},noisy=True")
     models.judge = classifier_configs.get_config(clf_name)
-    if variant == "quick":  # half-width UNets (channels 16) and short runs, to fit 10 minutes
+    if variant in ("quick", "cpu"):
+        # Half-width UNets (channels 16) and short runs, to fit 10 (quick) and 60 (cpu)
+        # minutes on 2 cores; scenes at 16 px (the clean classifier still reaches 0.996).
+        steps = {"quick": 800, "cpu": 1000}[variant]
         for kind in ("eps", "energy", "conditional"):
             models[kind].model.channels = 16
-            models[kind].train.steps = 800
-        models.classifier.train.steps = 600
-        models.judge.train.steps = 600
+            models[kind].train.steps = steps
+        models.classifier.train.steps = {"quick": 600, "cpu": 1500}[variant]
+        models.judge.train.steps = {"quick": 600, "cpu": 1000}[variant]
+    if variant == "paper":  # the classifiers read the generator's 128 px images
+        for kind in ("classifier", "judge"):
+            models[kind].data = models.energy.data.copy_and_resolve_references()
+            models[kind].data.example = "class_label"
     base = models.energy.schedule
     nfe = max(samplers.get(r.sampler, **{k: v for k, v in r.items() if k in (
         "steps_per_level", "leapfrog")}, reverse_first=True).nfe(base.num_levels)
               for r in config.rows if r.sampler not in ("reverse", "reverse_equal"))
     sigma_1 = float(schedules.get(base.name, base.num_levels).sigma[1])
     models.eps_equal = guidance_models.get_config(f"{model_name},param=eps")
+    models.eps_equal.model.channels = models.eps.model.channels
+    models.eps_equal.train.steps = models.eps.train.steps
     models.eps_equal.schedule.num_levels = samplers.equal_cost_levels(base.name, sigma_1, nfe)[0]
     config.models = models
+    if name == "scenes":
+        # The joint classifier and the generator never see the held-out pairs, so the main
+        # rows ask for the 9 seen pairs; the held-out block asks for the other 3 by
+        # composing one classifier per attribute (and, for contrast, by the joint one).
+        held = {scene_classes.class_label(s, c) for s, c in scene_classes.HELD_OUT}
+        config.classes = [c for c in range(scene_classes.NUM_CLASSES) if c not in held]
+        config.attribute_pairs = ml_collections.ConfigDict()
+        config.attribute_pairs.pairs = [list(p) for p in scene_classes.HELD_OUT]
+        config.attribute_pairs.num_images = config.num_images
+        config.attribute_pairs.rows = _energy_rows(config.rows)
+        models.shape_classifier = classifier_configs.get_config(
+            f"{clf_name},noisy=True,attribute=shape")
+        models.colour_classifier = classifier_configs.get_config(
+            f"{clf_name},noisy=True,attribute=colour")
+        if variant == "cpu":
+            models.shape_classifier.train.steps = models.colour_classifier.train.steps = 1000
+            for model in models.values():
+                model.data.builder_config = model.data.builder_config.replace("32px", "16px")
     config.scale_curve = ml_collections.ConfigDict()
-    config.scale_curve.scales = {"tiny": [1.0], "quick": [1.0, 10.0]}.get(
+    # The curve's point at config.scale is the main row's (not sampled again).
+    config.scale_curve.scales = {"tiny": [1.0], "quick": [1.0], "cpu": [1.0, 10.0]}.get(
         variant, [0.0, 1.0, 3.0, 10.0])
-    # Reverse diffusion against HMC on the energy model (RRR's Table 3 pair).
-    config.scale_curve.rows = [
-        _row(r.sampler, ("energy",), **{k: v for k, v in r.items() if k not in (
-            "sampler", "models")})
-        for r in config.rows if r.sampler in ("reverse", "hmc") and not r.get("resample_ess")]
+    config.scale_curve.rows = _energy_rows(config.rows)
     if variant == "tiny":  # the reverse row's compiled sampler serves the curve too
         config.scale_curve.rows = config.scale_curve.rows[:1]
     return config

@@ -43,6 +43,33 @@ def test_claims_verdicts_and_oracle_floor():
     assert line.endswith("hmc.") and "reverse" not in line
 
 
+def test_held_out_claim_compares_composed_attributes_with_the_joint_classifier():
+    rows = [{"dataset": "s held-out pairs", "model": f"energy + {m}", "sampler": "hmc",
+             "accuracy": a, "frechet": 1.0, "num_images": 60}
+            for m, a in (("shape, colour classifiers", 0.8), ("joint classifier", 0.1))]
+    (line,) = guidance_table.claims(_result(rows))
+    assert "accuracy 0.80 against 0.10" in line and "holds" in line
+
+
+@pytest.mark.parametrize("variant", guidance_table_config.VARIANTS)
+def test_every_model_of_a_dataset_reads_the_same_images_and_levels(variant):
+    """A classifier guides (and a judge scores) the generator's own images: same builder
+    resolution; a guidance classifier is trained on the generator's noise levels."""
+    config = guidance_table_config.get_config(variant)
+    for name in config.datasets:
+        models = config.dataset_configs[name].models
+        assert len({m.data.source for m in models.values()}) == 1, name
+        assert len({m.data.builder_config.removesuffix("_all") for m in models.values()}) == 1
+        levels = models.energy.schedule.num_levels
+        for kind in ("classifier", "shape_classifier", "colour_classifier"):
+            if kind in models:
+                assert models[kind].schedule.num_levels == levels, (name, kind)
+        sub = config.dataset_configs[name]
+        if "attribute_pairs" in sub:  # held-out pairs are never asked of the joint classifier
+            held = {guidance_table.scene_classes.class_label(*p) for p in sub.attribute_pairs.pairs}
+            assert held and not held & set(sub.classes)
+
+
 def test_unknown_variant_is_named():
     with pytest.raises(ValueError, match="unknown guidance_table variant 'huge'"):
         guidance_table_config.get_config("huge")

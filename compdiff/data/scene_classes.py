@@ -96,6 +96,8 @@ class SceneClasses(tfds.core.GeneratorBasedBuilder):
     BUILDER_CONFIGS = [
         _cfg("tiny", 16, 108, 48),
         _cfg("tiny_all", 16, 108, 48, held_out=()),
+        _cfg("16px", 16, 12_000, 1_200),
+        _cfg("16px_all", 16, 12_000, 1_200, held_out=()),
         _cfg("32px", 32, 12_000, 1_200),
         _cfg("32px_all", 32, 12_000, 1_200, held_out=()),
     ]
