@@ -25,6 +25,14 @@ attributes of ``scene_classes``). Parameters are given in the name, ``data.examp
 the attribute variants of ``scene_classes``; ``shape_label`` permutes the colour channels at
 random (``permute_channels=True``) so that a shape classifier cannot read the shape off the
 colour, which the held-out pairs make informative in ``train``.
+
+- ``image_caption`` (text-conditioned diffusion on :mod:`.captioned_scenes`, RRR 5.4 /
+  Composable Diffusion): the image and a caption of ONE of its objects, drawn uniformly, as
+  an id into :func:`captioned_scenes.caption_vocabulary` (turned into a text embedding by
+  the training pipeline): ``{"x": [H*W*C], "caption_id": int32 []}``. ``phrasing="random"``
+  (the default) draws a fresh phrasing of the object each time (size and side said or
+  not, any template: augmentation); ``"image_caption:phrasing=stored"`` takes the one
+  stored with the record.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from compdiff.data import captioned_scenes
 from compdiff.data.images import Record, to_unit_range
 
 # Image-plane distance (in [0, 1] units) beyond which no object is centred at a query.
@@ -93,6 +102,23 @@ def class_label(record: Record, rng: np.random.Generator, key: str = "label",
     return {"x": to_unit_range(image), "label": np.int32(record[key])}
 
 
+def image_caption(record: Record, rng: np.random.Generator,
+                  phrasing: str = "random") -> dict[str, np.ndarray]:
+    count = int(record["count"])
+    if not 1 <= count <= len(record["caption_id"]):
+        raise ValueError(f"record count={count} is outside 1..{len(record['caption_id'])}")
+    k = int(rng.integers(count))
+    if phrasing == "stored":
+        cid = int(record["caption_id"][k])
+    elif phrasing == "random":
+        cid = captioned_scenes.random_caption_id(
+            record["shape"][k], record["colour"][k], record["size"][k], record["side"][k], rng)
+    else:
+        raise ValueError(f"image_caption phrasing must be 'random' or 'stored', got "
+                         f"{phrasing!r}")
+    return {"x": to_unit_range(record["image"]), "caption_id": np.int32(cid)}
+
+
 EXAMPLES: dict[str, Callable[..., dict[str, np.ndarray]]] = {
     "image_position": image_position,
     "position_presence": position_presence,
@@ -106,6 +132,8 @@ EXAMPLES: dict[str, Callable[..., dict[str, np.ndarray]]] = {
     "colour_label": functools.partial(class_label, key="colour"),
     "image_shape_class": functools.partial(image_class, key="shape", num_classes=3),
     "image_colour_class": functools.partial(image_class, key="colour", num_classes=4),
+    # captioned_scenes (compdiff.data.captioned_scenes): one object's caption id
+    "image_caption": image_caption,
 }
 
 

@@ -96,6 +96,7 @@ class ImageBatches:
 BUILDERS = {"clevr_positions": "compdiff.data.clevr_positions",
             "digits": "compdiff.data.digits",
             "scene_classes": "compdiff.data.scene_classes",
+            "captioned_scenes": "compdiff.data.captioned_scenes",
             "imagenet": "compdiff.data.imagenet"}
 
 
