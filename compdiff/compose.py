@@ -27,19 +27,29 @@ Compositions are trees of densities:
 All nodes are pytrees (weights are leaves, structure is static), so a whole
 composition passes through ``jax.jit`` and ``lax.scan`` as data.
 
-Shared networks run once. Children of a product or mixture that are one
-network under different conditions (``model.condition(c1) * model.condition(c2)
-/ model.unconditional() ** 0.5``) are evaluated as ONE batched network call
-with the conditions stacked on the batch axis (one vjp for energy forms), not
-``K`` calls. Which children share a network is decided when the node is built
-(:meth:`Density.network_key`, by identity of the parameters) and stored as
-static structure (``groups``): inside ``jit`` the parameters are tracers, one
-per child, and identity no longer says anything.
+Shared networks run once, over the whole tree. Leaves that are one network
+under different conditions (``model.condition(c1) * model.condition(c2) /
+model.unconditional() ** 0.5``, or ``(a * b / u) + (c / d ** 0.5)``, a
+mixture of products) are evaluated as ONE batched network call with the
+conditions stacked on the batch axis (one vjp for energy forms), not one call
+per leaf or per branch. Products and mixtures are :class:`Node` s: the node
+that is asked (the root) collects the leaves of its whole subtree
+(:func:`composition_leaves`, descending through nested nodes), works out what
+each leaf must give (a product asked for its score needs only its children's
+scores; a mixture needs their log-densities too, for the responsibilities),
+evaluates each group of leaves sharing a network once with the strongest
+requirement of its members, and folds the parts back up the tree
+(:meth:`Node.combine`). Which leaves share a network is decided when the node
+is built (:meth:`Density.network_key`, by identity of the parameters) and
+stored as static structure (``groups``, indices into the node's leaves):
+inside ``jit`` the parameters are tracers, one per leaf, and identity no
+longer says anything. Setting a node's ``groups`` to ``()`` evaluates every
+leaf of that node on its own.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import Any
 
 import flax.struct
@@ -140,7 +150,7 @@ def _check_dims(children: Sequence[Density]) -> int:
 
 
 def shared_network_groups(children: Sequence[Density]) -> tuple[tuple[int, ...], ...]:
-    """Indices of children that share a network (two or more each), by :meth:`network_key`."""
+    """Indices of densities that share a network (two or more each), by :meth:`network_key`."""
     buckets: dict[Hashable, list[int]] = {}
     for i, child in enumerate(children):
         key = child.network_key()
@@ -151,7 +161,11 @@ def shared_network_groups(children: Sequence[Density]) -> tuple[tuple[int, ...],
 
 def _evaluate(children: Sequence[Density], groups: tuple[tuple[int, ...], ...], x: Array,
               t: Array, what: str) -> list:
-    """Each child's ``what`` (a method name), one batched call per group of shared networks."""
+    """Each child's ``what`` (a method name), one batched call per group of shared networks.
+
+    For nodes that group their direct children (``sculpt``); :class:`Node` s group
+    the leaves of their whole subtree instead (:func:`_evaluate_tree`).
+    """
     parts: list = [None] * len(children)
     for group in groups:
         members = [children[i] for i in group]
@@ -160,8 +174,102 @@ def _evaluate(children: Sequence[Density], groups: tuple[tuple[int, ...], ...], 
     return [getattr(c, what)(x, t) if p is None else p for c, p in zip(children, parts)]
 
 
+LOG_PROB, SCORE, BOTH = "log_prob", "score", "log_prob_and_score"
+
+
+class Node(Density):
+    """A composition node that hands its leaves up to the root (products, mixtures).
+
+    Subclasses are dataclasses with fields ``children`` (densities) and
+    ``groups`` (indices into :func:`composition_leaves` of the node that share
+    a network, from :func:`shared_network_groups` at build time), and say
+
+    - :meth:`child_need`: what each child must give for the node to give ``what``;
+    - :meth:`combine`: the node's ``what`` from its children's parts.
+
+    ``log_prob``, ``score`` and ``log_prob_and_score`` of the node asked first
+    evaluate the leaves of its whole subtree together (:func:`_evaluate_tree`);
+    nested nodes only fold.
+    """
+
+    children: tuple[Density, ...]
+    groups: tuple[tuple[int, ...], ...]
+
+    def child_need(self, what: str) -> str:
+        raise NotImplementedError
+
+    def combine(self, parts: list, what: str) -> Any:
+        raise NotImplementedError
+
+    def log_prob(self, x: Array, t: Array) -> Array:
+        self.require_log_prob(f"{type(self).__name__}.log_prob")
+        return _evaluate_tree(self, x, t, LOG_PROB)
+
+    def score(self, x: Array, t: Array) -> Array:
+        return _evaluate_tree(self, x, t, SCORE)
+
+    def log_prob_and_score(self, x: Array, t: Array) -> tuple[Array, Array]:
+        self.require_log_prob(f"{type(self).__name__}.log_prob_and_score")
+        return _evaluate_tree(self, x, t, BOTH)
+
+
+def composition_leaves(density: Density) -> list[Density]:
+    """The leaves of ``density`` left to right, descending through every :class:`Node`."""
+    if isinstance(density, Node):
+        return [leaf for child in density.children for leaf in composition_leaves(child)]
+    return [density]
+
+
+def _leaf_groups(children: Sequence[Density]) -> tuple[tuple[int, ...], ...]:
+    """The ``groups`` of a node over ``children``: leaves of the whole subtree sharing a network."""
+    return shared_network_groups([leaf for c in children for leaf in composition_leaves(c)])
+
+
+def _leaf_needs(density: Density, what: str) -> list[str]:
+    """What each leaf (in :func:`composition_leaves` order) must give for ``density``'s ``what``."""
+    if isinstance(density, Node):
+        need = density.child_need(what)
+        return [n for child in density.children for n in _leaf_needs(child, need)]
+    return [what]
+
+
+def _narrow(part: Any, have: str, want: str) -> Any:
+    """``want`` out of a part computed as ``have`` (equal, or ``have`` is both)."""
+    if have == want:
+        return part
+    return part[0] if want == LOG_PROB else part[1]
+
+
+def _fold(density: Density, what: str, leaf_parts: Iterator) -> Any:
+    if not isinstance(density, Node):
+        return next(leaf_parts)
+    need = density.child_need(what)
+    return density.combine([_fold(c, need, leaf_parts) for c in density.children], what)
+
+
+def _evaluate_tree(root: Node, x: Array, t: Array, what: str) -> Any:
+    """``root``'s ``what`` with one batched call per group of leaves sharing a network.
+
+    A group whose members need different things (a leaf of a mixture needs its
+    log-density and score, a sibling under a product only its score) is
+    evaluated once for the strongest need, ``log_prob_and_score``, and each
+    member takes its part.
+    """
+    leaves, needs = composition_leaves(root), _leaf_needs(root, what)
+    parts: list = [None] * len(leaves)
+    for group in root.groups:
+        members = [leaves[i] for i in group]
+        member_needs = {needs[i] for i in group}
+        need = member_needs.pop() if len(member_needs) == 1 else BOTH
+        for i, part in zip(group, type(members[0]).evaluate_together(members, x, t, need)):
+            parts[i] = _narrow(part, need, needs[i])
+    parts = [getattr(leaf, n)(x, t) if p is None else p
+             for leaf, n, p in zip(leaves, needs, parts)]
+    return _fold(root, what, iter(parts))
+
+
 @flax.struct.dataclass
-class Product(Density):
+class Product(Node):
     """``log pi_t = sum_i w_i log p_{i,t}`` (weights may be negative)."""
 
     children: tuple[Density, ...]
@@ -170,18 +278,14 @@ class Product(Density):
     has_log_prob: bool = flax.struct.field(pytree_node=False, default=False)
     groups: tuple[tuple[int, ...], ...] = flax.struct.field(pytree_node=False, default=())
 
-    def log_prob(self, x: Array, t: Array) -> Array:
-        self.require_log_prob("Product.log_prob")
-        parts = _evaluate(self.children, self.groups, x, t, "log_prob")
-        return sum(w * lp for w, lp in zip(self.weights, parts))
+    def child_need(self, what: str) -> str:
+        return what
 
-    def score(self, x: Array, t: Array) -> Array:
-        parts = _evaluate(self.children, self.groups, x, t, "score")
-        return sum(w * s for w, s in zip(self.weights, parts))
-
-    def log_prob_and_score(self, x: Array, t: Array) -> tuple[Array, Array]:
-        self.require_log_prob("Product.log_prob_and_score")
-        parts = _evaluate(self.children, self.groups, x, t, "log_prob_and_score")
+    def combine(self, parts: list, what: str) -> Any:
+        if what == LOG_PROB:
+            return sum(w * lp for w, lp in zip(self.weights, parts))
+        if what == SCORE:
+            return sum(w * s for w, s in zip(self.weights, parts))
         log_p = sum(w * lp for w, (lp, _) in zip(self.weights, parts))
         score = sum(w * s for w, (_, s) in zip(self.weights, parts))
         return log_p, score
@@ -195,7 +299,7 @@ class Product(Density):
 
 
 @flax.struct.dataclass
-class Mixture(Density):
+class Mixture(Node):
     """``log pi_t = logsumexp_i(log w_i + log p_{i,t})``; needs log-densities."""
 
     children: tuple[Density, ...]
@@ -204,17 +308,18 @@ class Mixture(Density):
     has_log_prob: bool = flax.struct.field(pytree_node=False, default=True)
     groups: tuple[tuple[int, ...], ...] = flax.struct.field(pytree_node=False, default=())
 
-    def log_prob(self, x: Array, t: Array) -> Array:
-        parts = _evaluate(self.children, self.groups, x, t, "log_prob")
-        return jax.nn.logsumexp(jnp.stack(parts, -1) + self.log_weights, axis=-1)
+    def child_need(self, what: str) -> str:
+        # The score is the responsibility-weighted score: it needs the log-densities too.
+        return LOG_PROB if what == LOG_PROB else BOTH
 
-    def log_prob_and_score(self, x: Array, t: Array) -> tuple[Array, Array]:
-        parts = _evaluate(self.children, self.groups, x, t, "log_prob_and_score")
+    def combine(self, parts: list, what: str) -> Any:
+        if what == LOG_PROB:
+            return jax.nn.logsumexp(jnp.stack(parts, -1) + self.log_weights, axis=-1)
         joint = jnp.stack([lp for lp, _ in parts], -1) + self.log_weights  # [B, K]
         log_p = jax.nn.logsumexp(joint, axis=-1)
         resp = jax.nn.softmax(joint, axis=-1)
         score = sum(resp[:, i, None] * s for i, (_, s) in enumerate(parts))
-        return log_p, score
+        return score if what == SCORE else (log_p, score)
 
     def describe(self) -> str:
         return "(" + " + ".join(c.describe() for c in self.children) + ")"
@@ -240,7 +345,7 @@ def product(children: Sequence[Density], weights: Sequence[float] | None = None)
     return Product(children=tuple(flat_children),
                    weights=jnp.asarray(flat_weights, jnp.float32), dim=dim,
                    has_log_prob=all(c.has_log_prob for c in flat_children),
-                   groups=shared_network_groups(flat_children))
+                   groups=_leaf_groups(flat_children))
 
 
 def mixture(children: Sequence[Density], weights: Sequence[float] | None = None) -> Mixture:
@@ -274,7 +379,7 @@ def mixture(children: Sequence[Density], weights: Sequence[float] | None = None)
             "parameterization (energy_l2, energy_dae, energy_ip) or use oracles.")
     log_w = jnp.log(jnp.asarray(weights, jnp.float32))
     return Mixture(children=tuple(children), log_weights=log_w - jax.nn.logsumexp(log_w),
-                   dim=dim, groups=shared_network_groups(children))
+                   dim=dim, groups=_leaf_groups(children))
 
 
 def negation(positive: Density, negative: Density, alpha: float = 0.5) -> Product:

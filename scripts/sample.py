@@ -1,4 +1,14 @@
-"""Samples a composition of trained (or oracle) 2D models with a named annealed sampler.
+"""Samples a composition of trained (or oracle) models with a named annealed sampler.
+
+A prompt to a text-conditioned model (``configs/text2image.py``), written as a sample grid
+``OUT/grid.png`` with ``OUT/samples.npz`` (uint8 NHWC) and ``OUT/samples.json``::
+
+    python scripts/sample.py --model=runs/t2i --prompt="a red cube AND NOT a blue sphere" \
+        --sampler=hmc --num=16 --out=out/red_cube
+
+(``AND``, ``OR``, ``NOT``, ``phrase:weight``, parentheses: :mod:`compdiff.prompts`;
+``--scale`` is the classifier-free weight; samplers use the image settings of
+:data:`compdiff.text2image.IMAGE_SAMPLERS`.) Compositions of 2D models:
 
     python scripts/sample.py --model=ring=runs/ring --model=bar=runs/bar \
         --composition="ring*bar" --sampler=mala --steps_per_level=10 --step=0.002 \
@@ -28,7 +38,18 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from compdiff import cli, diagnostics, exact, expr, metrics, plots, samplers, schedules, train
+from compdiff import (
+    cli,
+    diagnostics,
+    exact,
+    expr,
+    metrics,
+    plots,
+    samplers,
+    schedules,
+    text2image,
+    train,
+)
 from compdiff.data import toy2d
 from compdiff.distributed import gather, initialize, is_main
 from compdiff.runtime import configure_cpu
@@ -36,6 +57,9 @@ from compdiff.runtime import configure_cpu
 _MODELS = flags.DEFINE_multi_string("model", None, "NAME=WORKDIR or NAME=oracle:DATASET.")
 _COMPOSITION = flags.DEFINE_string("composition", None,
                                    "Expression over model names; default: the only model.")
+_PROMPT = flags.DEFINE_string("prompt", None, "A prompt to the one text-conditioned --model "
+                              "(then --out is a directory).")
+_SCALE = flags.DEFINE_float("scale", 3.0, "With --prompt: the classifier-free weight.")
 _SAMPLER = flags.DEFINE_string("sampler", "mala", f"One of {samplers.names()}.")
 _STEPS = flags.DEFINE_integer("steps_per_level", 10, "Kernel steps per level.")
 _LEAPFROG = flags.DEFINE_integer("leapfrog", 3, "Leapfrog steps per HMC step.")
@@ -115,12 +139,26 @@ def _load(specs: dict[str, str]):
     return {**trained, **oracles}, schedule
 
 
+def _sample_prompt() -> None:
+    if len(_MODELS.value) != 1:
+        raise app.UsageError("--prompt samples one text-conditioned model: give one --model=DIR")
+    workdir = _MODELS.value[0].rpartition("=")[2]  # DIR or NAME=DIR
+    summary = text2image.sample_prompt(workdir, _PROMPT.value, _SAMPLER.value, _NUM.value,
+                                       _SCALE.value, _SEED.value, _OUT.value)
+    if is_main():
+        print(json.dumps(summary))
+        print(f"wrote {_OUT.value}/grid.png and {_OUT.value}/samples.npz")
+
+
 def main(argv: list[str]) -> None:
     configure_cpu()
     initialize()
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     train.quiet_orbax_logs()
+    if _PROMPT.value is not None:
+        _sample_prompt()
+        return
     specs = _parse_models()
     text = _COMPOSITION.value or (next(iter(specs)) if len(specs) == 1 else None)
     if text is None:

@@ -33,6 +33,17 @@ colour, which the held-out pairs make informative in ``train``.
   (the default) draws a fresh phrasing of the object each time (size and side said or
   not, any template: augmentation); ``"image_caption:phrasing=stored"`` takes the one
   stored with the record.
+- ``image_text`` (text-conditioned diffusion): ``image_caption`` with the caption's pooled
+  text embedding as the condition, ``{"x": [H*W*C], "cond": [d]}``, looked up in
+  :func:`caption_embeddings` (``"image_text:encoder=minilm"``).
+- ``concept_presence`` (the evaluation classifier of the text-to-image setup): the image of
+  a :mod:`.captioned_scenes` record, a concept (a ``(shape, colour)`` pair, as the vector
+  of :func:`concept_vector`) and whether an object of the image is that concept: half the
+  queries are an object's pair (label 1, the object drawn uniformly), half are pairs of no
+  object (label 0); of those, a fraction ``hard`` (default 0.8) share the shape or the
+  colour of an object ("a red sphere" asked of an image of a red cube: what a composition
+  error looks like), the rest share neither where the image leaves such a pair.
+  ``{"x": [H*W*C], "cond": [7], "label": int32 []}``.
 """
 
 from __future__ import annotations
@@ -119,6 +130,80 @@ def image_caption(record: Record, rng: np.random.Generator,
     return {"x": to_unit_range(record["image"]), "caption_id": np.int32(cid)}
 
 
+@functools.cache
+def caption_embeddings(encoder: str) -> np.ndarray:
+    """``[len(caption_vocabulary()), d]``: every caption's pooled embedding by the text tower
+    ``encoder``, computed once per process (the vocabulary is finite), never per step."""
+    from compdiff import text  # the text extra is needed only by text-conditioned runs
+
+    vocabulary = list(captioned_scenes.caption_vocabulary())
+    return np.asarray(text.get(encoder).encode(vocabulary).pooled, np.float32)
+
+
+def image_text(record: Record, rng: np.random.Generator, encoder: str = "minilm",
+               phrasing: str = "random") -> dict[str, np.ndarray]:
+    example = image_caption(record, rng, phrasing=phrasing)
+    return {"x": example["x"], "cond": caption_embeddings(encoder)[example["caption_id"]]}
+
+
+# A concept of captioned_scenes: a (shape, colour) pair, given to a classifier as a vector.
+# It would sit naturally beside caption_id in captioned_scenes.py (the owner of SHAPES and
+# COLOURS); it lives here, with its only producer, until that module takes it.
+CONCEPT_DIM = len(captioned_scenes.SHAPES) + len(captioned_scenes.COLOURS)
+
+
+def concept_vector(shape: int, colour: int) -> np.ndarray:
+    """``[CONCEPT_DIM]`` float32: a one-hot shape (into ``SHAPES``) then a one-hot colour."""
+    num_shapes, num_colours = len(captioned_scenes.SHAPES), len(captioned_scenes.COLOURS)
+    if not (0 <= int(shape) < num_shapes and 0 <= int(colour) < num_colours):
+        raise ValueError(f"concept (shape={shape}, colour={colour}) out of range: shape < "
+                         f"{num_shapes}, colour < {num_colours}")
+    vector = np.zeros(CONCEPT_DIM, np.float32)
+    vector[int(shape)] = 1.0
+    vector[num_shapes + int(colour)] = 1.0
+    return vector
+
+
+def concept_of(vector: np.ndarray) -> tuple[int, int]:
+    """``(shape, colour)`` of a vector of :func:`concept_vector` (its inverse)."""
+    vector = np.asarray(vector)
+    num_shapes = len(captioned_scenes.SHAPES)
+    if vector.shape != (CONCEPT_DIM,):
+        raise ValueError(f"a concept vector has shape ({CONCEPT_DIM},), got {vector.shape}")
+    return int(np.argmax(vector[:num_shapes])), int(np.argmax(vector[num_shapes:]))
+
+
+def present_concepts(record: Record) -> set[tuple[int, int]]:
+    """The ``(shape, colour)`` pairs of the objects of a captioned_scenes record."""
+    count = int(record["count"])
+    if not 1 <= count <= len(record["shape"]):
+        raise ValueError(f"record count={count} is outside 1..{len(record['shape'])}")
+    return {(int(record["shape"][k]), int(record["colour"][k])) for k in range(count)}
+
+
+def concept_presence(record: Record, rng: np.random.Generator,
+                     hard: float = 0.8) -> dict[str, np.ndarray]:
+    if not 0.0 <= hard <= 1.0:
+        raise ValueError(f"concept_presence hard must be in [0, 1], got {hard}")
+    present = present_concepts(record)
+    label = bool(rng.random() < 0.5)
+    if label:  # an object, drawn uniformly (a pair twice in the image is twice as likely)
+        k = int(rng.integers(int(record["count"])))
+        concept = (int(record["shape"][k]), int(record["colour"][k]))
+    else:
+        absent = [(s, c) for s in range(len(captioned_scenes.SHAPES))
+                  for c in range(len(captioned_scenes.COLOURS)) if (s, c) not in present]
+        near = [(s, c) for s, c in absent
+                if any(s == ps or c == pc for ps, pc in present)]
+        far = [pair for pair in absent if pair not in near]
+        # near is never empty (an object's shape in another colour is absent); far is
+        # empty when the objects cover every shape or every colour
+        pool = near if (rng.random() < hard or not far) else far
+        concept = pool[int(rng.integers(len(pool)))]
+    return {"x": to_unit_range(record["image"]), "cond": concept_vector(*concept),
+            "label": np.int32(label)}
+
+
 EXAMPLES: dict[str, Callable[..., dict[str, np.ndarray]]] = {
     "image_position": image_position,
     "position_presence": position_presence,
@@ -134,6 +219,9 @@ EXAMPLES: dict[str, Callable[..., dict[str, np.ndarray]]] = {
     "image_colour_class": functools.partial(image_class, key="colour", num_classes=4),
     # captioned_scenes (compdiff.data.captioned_scenes): one object's caption id
     "image_caption": image_caption,
+    "image_text": image_text,
+    # captioned_scenes: is a (shape, colour) concept in the image? (configs/text2image_classifier)
+    "concept_presence": concept_presence,
 }
 
 

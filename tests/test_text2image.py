@@ -1,0 +1,54 @@
+"""Text-to-image end to end at tiny size: train on captioned scenes, sample a prompt."""
+
+import json
+
+import numpy as np
+import pytest
+
+from compdiff import text2image, train
+from compdiff.data import examples
+from configs import text2image as text2image_config
+from tests.test_cli import assert_one_line, run_script
+
+pytest.importorskip("tokenizers")
+
+
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("t2i")
+    config = text2image_config.get_config("tiny")
+    config.data.data_dir = str(workdir / "data")
+    train.train(config, str(workdir / "run"))
+    return workdir / "run"
+
+
+def test_caption_conditions_are_the_encoders_embeddings():
+    """Training conditions are the tower's pooled embeddings of the captions, one row each."""
+    table = examples.caption_embeddings("minilm")
+    from compdiff import text
+    from compdiff.data import captioned_scenes
+
+    vocabulary = captioned_scenes.caption_vocabulary()
+    assert table.shape == (len(vocabulary), text2image_config.TEXT_DIM)
+    rows = [0, len(vocabulary) // 2, len(vocabulary) - 1]
+    np.testing.assert_allclose(
+        table[rows], text.get("minilm").encode([vocabulary[i] for i in rows]).pooled, atol=1e-5)
+
+
+def test_sample_script_writes_a_grid_for_a_prompt(text_run, tmp_path):
+    out = tmp_path / "out"
+    proc = run_script("sample.py", f"--model={text_run}", "--prompt=a red cube AND NOT "
+                      "a blue sphere:0.5", "--sampler=uhmc", "--num=3", f"--out={out}")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((out / "samples.json").read_text())
+    assert summary["tree"] == "a red cube AND NOT a blue sphere:0.5" and summary["nfe"] > 0
+    with np.load(out / "samples.npz") as f:
+        assert f["x"].shape == (3, *text2image.image_shape(str(text_run))) and \
+            f["x"].dtype == np.uint8
+    assert (out / "grid.png").stat().st_size > 0
+
+
+def test_prompt_errors_are_one_line(text_run, tmp_path):
+    proc = run_script("sample.py", f"--model={text_run}", "--prompt=a red cube AND",
+                      f"--out={tmp_path}")
+    assert_one_line(proc, "sample.py", "position")
