@@ -60,3 +60,18 @@ def save_model_grid(model: DiffusionModel, image_shape: tuple[int, int, int], pa
     x, _ = samplers.sample(target, samplers.get("reverse"), model.schedule, key_sample, num,
                            mesh=None)
     return save_grid(to_uint8(np.asarray(x), image_shape), path, marks)
+
+
+def save_canvases(images: np.ndarray, path: str, min_width: int = 512) -> str:
+    """uint8 canvases ``[N, H, W, C]`` (any aspect ratio) as one PNG, stacked top to bottom
+    with white gaps and magnified (nearest pixel) to at least ``min_width`` pixels across.
+    (:func:`save_grid` draws each image into a square cell, which would squash a wide one.)"""
+    zoom = max(1, -(-min_width // images.shape[2]))
+    big = images.repeat(zoom, axis=1).repeat(zoom, axis=2)
+    if big.shape[-1] == 1:
+        big = big.repeat(3, axis=-1)
+    gap = np.full((zoom, *big.shape[2:]), 255, np.uint8)
+    rows = [part for image in big for part in (image, gap)][:-1]
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    plt.imsave(path, np.concatenate(rows))
+    return path
