@@ -23,6 +23,12 @@ classifier-free guidance of a class-conditional eps model of the same size
 (``cfg``: ``log p(x) + w [log p(x|y) - log p(x)]``), all at ``config.scale``;
 then accuracy against the guidance scale per sampler.
 
+Held-out pairs (``scene_classes``): the generator and the joint guidance classifier are
+trained without (cube, red), (sphere, green), (cylinder, blue), so the main rows ask only
+for the 9 seen pairs; the held-out block asks for the other 3 by composing one classifier
+per attribute, ``log p_t(x) + lam [log p(shape | x_t) + log p(colour | x_t)]``, against
+the joint classifier asked for labels it never saw, both judged by a judge that saw all 12.
+
 Oracle rows (sampler error alone): a 2D Gaussian mixture guided by its exact
 posterior over components (:meth:`compdiff.oracles.GaussianMixture.component_classifier`);
 the exact level-0 target ``p(x) p(k|x)^lam`` is tabulated on a grid and every
