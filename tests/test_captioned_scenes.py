@@ -223,7 +223,7 @@ def test_image_caption_example(records):
 
 def test_registered_and_bad_inputs(tmp_path):
     assert images.BUILDERS["captioned_scenes"] == cs.__name__
-    assert cs.config_names() == ["tiny", "tiny_all", "32px", "32px_all", "64px"]
+    assert cs.config_names() == ["tiny", "tiny_all", "32px", "32px_all", "64px", "64px_all"]
     assert (CONFIGS["32px"].resolution, CONFIGS["32px"].num_train,
             CONFIGS["32px"].num_test) == (32, 20_000, 1_000)
     assert CONFIGS["64px"].resolution == 64
