@@ -1,13 +1,21 @@
 """What the tests and the measurement scripts share: two-sample checks against exact
-samples, the ring x bar product with its closed-form target, and a tiny training config."""
+samples, the ring x bar product with its closed-form target, a tiny training config, and a
+tiny conditional network that counts its calls (to check that compositions batch)."""
 
 from __future__ import annotations
 
+import dataclasses
+
+import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import scipy.stats
 
-from compdiff import oracles
+from compdiff import oracles, schedules
+from compdiff.models import conditioning
+from compdiff.models.diffusion import DiffusionModel, LinenApply
+from compdiff.models.mlp import ResidualMLP
 from compdiff.schedules import Schedule
 
 
@@ -59,3 +67,31 @@ def small_train_config(param: str = "eps", steps: int = 40) -> ml_collections.Co
     config.schedule.num_levels = 50
     config.train.update(steps=steps, batch_size=128, log_every=10, checkpoint_every=20)
     return config
+
+
+@dataclasses.dataclass(frozen=True)
+class CountingApply:
+    """An ``ApplyFn`` that records the batch size of each call (eager: one per network
+    evaluation; under jit or vmap: one per trace)."""
+
+    inner: LinenApply
+    calls: list = dataclasses.field(default_factory=list, hash=False, compare=False)
+
+    def __call__(self, params, x, t, cond):
+        self.calls.append(x.shape[0])
+        return self.inner(params, x, t, cond)
+
+
+def counting_conditional_model(dim: int, cond_dim: int, parameterization: str,
+                               hidden: int = 16, num_blocks: int = 1,
+                               schedule: Schedule | None = None,
+                               name: str | None = None) -> DiffusionModel:
+    """An untrained conditional residual MLP (10 levels) whose ``apply_fn`` is a
+    :class:`CountingApply`: ``model.apply_fn.calls`` lists its network calls."""
+    net = ResidualMLP(dim=dim, hidden=hidden, num_blocks=num_blocks, num_levels=10)
+    params = net.init(jax.random.key(0), jnp.zeros((1, dim)), jnp.ones((1,), jnp.int32),
+                      conditioning.given(jnp.zeros((1, cond_dim))))["params"]
+    return DiffusionModel(apply_fn=CountingApply(LinenApply(net)), params=params,
+                          schedule=schedule or schedules.get("linear", 10),
+                          parameterization=parameterization, dim=dim, cond_dim=cond_dim,
+                          **({"name": name} if name else {}))

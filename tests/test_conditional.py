@@ -2,41 +2,20 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from compdiff import compose, schedules
-from compdiff.models import conditioning
-from compdiff.models.diffusion import DiffusionModel, LinenApply, classifier_free_product
-from compdiff.models.mlp import ResidualMLP
+from compdiff import compose
+from compdiff.models.diffusion import DiffusionModel, classifier_free_product
+from compdiff.testing import counting_conditional_model
 
 DIM, COND_DIM = 3, 2
 
 
-@dataclasses.dataclass(frozen=True)
-class CountingApply:
-    """An ``ApplyFn`` that counts its calls (eager calls: one per network evaluation)."""
-
-    inner: LinenApply
-    calls: list = dataclasses.field(default_factory=list, hash=False, compare=False)
-
-    def __call__(self, params, x, t, cond):
-        self.calls.append(x.shape[0])
-        return self.inner(params, x, t, cond)
-
-
 def _model(parameterization: str) -> DiffusionModel:
-    net = ResidualMLP(dim=DIM, hidden=32, num_blocks=2, num_levels=10)
-    cond = conditioning.given(jnp.zeros((1, COND_DIM)))
-    params = net.init(jax.random.key(0), jnp.zeros((1, DIM)), jnp.ones((1,), jnp.int32),
-                      cond)["params"]
-    return DiffusionModel(apply_fn=CountingApply(LinenApply(net)), params=params,
-                          schedule=schedules.get("linear", 10),
-                          parameterization=parameterization, dim=DIM, cond_dim=COND_DIM)
+    return counting_conditional_model(DIM, COND_DIM, parameterization, hidden=32, num_blocks=2)
 
 
 def _separately(density: compose.Density) -> compose.Density:

@@ -11,10 +11,8 @@ import numpy as np
 import pytest
 from jax.scipy.special import logsumexp
 
-from compdiff import compose, schedules
-from compdiff.models import conditioning
-from compdiff.models.diffusion import DiffusionModel, LinenApply
-from compdiff.models.mlp import ResidualMLP
+from compdiff import compose
+from compdiff.models.diffusion import DiffusionModel
 from compdiff.prompts import (
     And,
     Not,
@@ -25,31 +23,14 @@ from compdiff.prompts import (
     parse_prompt,
     phrases,
 )
+from compdiff.testing import counting_conditional_model
 
 DIM, COND_DIM, B, T = 3, 4, 5, 4
 CUBE, BALL, CONE, RING = "a red cube", "a blue sphere", "a green cylinder", "a gold ring"
 
 
-@dataclasses.dataclass(frozen=True)
-class CountingApply:
-    """An ``ApplyFn`` that counts its calls (eager: one per network evaluation; under jit: per
-    trace), recording the batch size of each."""
-
-    inner: LinenApply
-    calls: list = dataclasses.field(default_factory=list, hash=False, compare=False)
-
-    def __call__(self, params, x, t, cond):
-        self.calls.append(x.shape[0])
-        return self.inner(params, x, t, cond)
-
-
 def _model(parameterization: str) -> DiffusionModel:
-    net = ResidualMLP(dim=DIM, hidden=16, num_blocks=1, num_levels=10)
-    params = net.init(jax.random.key(0), jnp.zeros((1, DIM)), jnp.ones((1,), jnp.int32),
-                      conditioning.given(jnp.zeros((1, COND_DIM))))["params"]
-    return DiffusionModel(apply_fn=CountingApply(LinenApply(net)), params=params,
-                          schedule=schedules.get("linear", 10),
-                          parameterization=parameterization, dim=DIM, cond_dim=COND_DIM)
+    return counting_conditional_model(DIM, COND_DIM, parameterization)
 
 
 def _embedding(text: str) -> np.ndarray:

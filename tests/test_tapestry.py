@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import importlib.util
 import json
@@ -21,10 +20,9 @@ import pytest
 from compdiff import checkpoints, samplers, schedules, train
 from compdiff.compose import Density
 from compdiff.data import captioned_scenes
-from compdiff.models import conditioning
-from compdiff.models.diffusion import DiffusionModel, LinenApply, classifier_free_product
-from compdiff.models.mlp import ResidualMLP
+from compdiff.models.diffusion import DiffusionModel, classifier_free_product
 from compdiff.tapestry import Crop, Tapestry, grid_crops, tapestry
+from compdiff.testing import counting_conditional_model
 from configs import tapestry as tapestry_configs
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -178,25 +176,9 @@ def test_mala_samples_the_exact_product_of_crops():
 COND_DIM = 3
 
 
-@dataclasses.dataclass(frozen=True)
-class CountingApply:
-    """An ``ApplyFn`` that records the batch of each call (per trace under jit / vmap)."""
-
-    inner: LinenApply
-    calls: list = dataclasses.field(default_factory=list, hash=False, compare=False)
-
-    def __call__(self, params, x, t, cond):
-        self.calls.append(x.shape[0])
-        return self.inner(params, x, t, cond)
-
-
 def _conditional_model(dim: int, parameterization: str) -> DiffusionModel:
-    net = ResidualMLP(dim=dim, hidden=16, num_blocks=1, num_levels=10)
-    params = net.init(jax.random.key(0), jnp.zeros((1, dim)), jnp.ones((1,), jnp.int32),
-                      conditioning.given(jnp.zeros((1, COND_DIM))))["params"]
-    return DiffusionModel(apply_fn=CountingApply(LinenApply(net)), params=params,
-                          schedule=SCHEDULE, parameterization=parameterization, dim=dim,
-                          cond_dim=COND_DIM, name="net")
+    return counting_conditional_model(dim, COND_DIM, parameterization, schedule=SCHEDULE,
+                                      name="net")
 
 
 @pytest.mark.parametrize("parameterization", ["energy_dae", "eps"])
