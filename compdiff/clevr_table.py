@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import time
 from typing import Any
@@ -44,7 +43,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from compdiff import image_grids, samplers, table2d, train
+from compdiff import image_grids, metrics, samplers, table2d, train
 from compdiff.compose import Density, product
 from compdiff.data import clevr_positions
 from compdiff.data.images import to_uint8, to_unit_range
@@ -324,25 +323,20 @@ def claims(result: dict) -> list[str]:
         f"{m} {s} {v:.2f}" for (m, s), v in acc.items()) + "."]
     n = result["config"]["num_images"] * len(ks)
 
-    def verdict(a: float, b: float) -> str:
-        """Whether ``a > b`` beyond two standard errors of the difference (n images each)."""
-        se = math.sqrt(max(a * (1 - a) + b * (1 - b), 1e-12) / n)
-        if a - b > 2 * se:
-            return "holds"
-        return "fails" if b - a > 2 * se else f"unresolved (|difference| < 2 s.e. = {2 * se:.2f})"
-
     reverse = {key: v for key, v in acc.items() if key[1] in ("reverse", "reverse_equal")}
     mcmc = {key: v for key, v in acc.items() if key not in reverse}
     if reverse and mcmc:
         best, rev = max(mcmc, key=mcmc.get), max(reverse, key=reverse.get)
-        lines.append(f"MCMC beats reverse diffusion: {verdict(mcmc[best], reverse[rev])} "
+        verdict = metrics.proportion_verdict(mcmc[best], reverse[rev], n)
+        lines.append(f"MCMC beats reverse diffusion: {verdict} "
                      f"(best MCMC, {' '.join(best)}, {mcmc[best]:.2f}; best reverse, "
                      f"{' '.join(rev)}, {reverse[rev]:.2f}).")
     for adjusted, unadjusted in (("mala", "ula"), ("hmc", "uhmc")):
         a, u = acc.get(("energy", adjusted)), acc.get(("energy", unadjusted))
         if a is not None and u is not None:
             lines.append(f"Metropolis-adjusted beats unadjusted, {adjusted} vs {unadjusted} "
-                         f"(energy model): {verdict(a, u)} ({a:.2f} vs {u:.2f}).")
+                         f"(energy model): {metrics.proportion_verdict(a, u, n)} "
+                         f"({a:.2f} vs {u:.2f}).")
     single = [r["accuracy"] for r in rows if r["num_positions"] == 1 and "accuracy" in r
               and r["sampler"] == "reverse"]
     smc = {s: v for (m, s), v in acc.items() if s.endswith("+smc")}

@@ -18,7 +18,7 @@ classifier's accuracy per concept (about its held-out accuracy per asked concept
 A concept is a vector ``[q]`` (the classifier's query, e.g.
 :func:`compdiff.data.examples.concept_vector` ``(shape, colour)``, ``q = 7``) or a
 ``(shape, colour)`` pair of indices, turned into that vector. This module knows no prompt
-syntax: the prompt parser (:mod:`compdiff.prompts`) turns a prompt into these lists.
+syntax: :func:`requirements` reads them off a parsed prompt (:mod:`compdiff.prompts`).
 """
 
 from __future__ import annotations
@@ -115,13 +115,27 @@ def prompt_correct(presence: PresenceFn, images: np.ndarray,
 
 
 def classifier_presence(network: Any, params: Any, batch: int = 256) -> PresenceFn:
-    """The :data:`PresenceFn` of a ``query="vector"`` classifier: ``sigmoid(logit)``."""
+    """The :data:`PresenceFn` of a concept classifier: ``sigmoid(logit)`` of a
+    ``query="vector"`` one (one output, the concept read by FiLM), or of the concept's own
+    output of a multi-label one (:data:`examples.NUM_CONCEPTS` outputs,
+    :func:`examples.concept_index`)."""
     import jax
 
-    apply = jax.jit(lambda p, x, c: jax.nn.sigmoid(network.apply({"params": p}, x, None,
-                                                                 c)[:, 0]))
+    multilabel = getattr(network, "query", "vector") == "none"
+    if multilabel:
+        def probs(p, x, c):  # c: [B, 1] the asked concept's output
+            logits = network.apply({"params": p}, x, None)
+            return jax.nn.sigmoid(jax.numpy.take_along_axis(logits, c, axis=1)[:, 0])
+    else:
+        def probs(p, x, c):
+            return jax.nn.sigmoid(network.apply({"params": p}, x, None, c)[:, 0])
+    apply = jax.jit(probs)
 
     def presence(images: np.ndarray, concepts: np.ndarray) -> np.ndarray:
+        concepts = np.asarray(concepts)
+        if multilabel:
+            concepts = np.array([[examples.concept_index(*examples.concept_of(v))]
+                                 for v in concepts], np.int32)
         return np.concatenate([np.asarray(apply(params, images[i:i + batch],
                                                 concepts[i:i + batch]))
                                for i in range(0, len(images), batch)])
@@ -134,8 +148,95 @@ def load_presence(workdir: str) -> PresenceFn:
     from compdiff import train
 
     config, network, params = train.load_params(workdir)
-    if config.get("task") != "classifier" or config.model.get("query") != "vector":
-        raise ValueError(f"{workdir} holds no concept classifier (task classifier, "
-                         f"model.query vector); it has task {config.get('task')!r}, query "
-                         f"{config.model.get('query')!r}")
+    query, outputs = config.model.get("query", "none"), config.model.get("num_outputs")
+    if config.get("task") != "classifier" or not (
+            (query == "vector" and outputs == 1)
+            or (query == "none" and outputs == examples.NUM_CONCEPTS)):
+        raise ValueError(f"{workdir} holds no concept classifier (task classifier with "
+                         f"model.query vector and 1 output, or no query and "
+                         f"{examples.NUM_CONCEPTS} outputs); it has task "
+                         f"{config.get('task')!r}, query {query!r}, {outputs} outputs")
     return classifier_presence(network, params)
+
+
+def evaluate(presence: PresenceFn, records: Sequence[Any], seed: int = 0) -> dict:
+    """Held-out scores of a concept classifier on captioned_scenes ``records``.
+
+    - ``accuracy``: on the queries of :func:`examples.concept_presence` (one per image, seeded
+      by ``seed``: half present, half absent and mostly sharing a shape or a colour with an
+      object, the hard case); ``held_out_accuracy``: those asking a held-out pair;
+    - ``all_concepts_accuracy``: every concept of every image; ``present_recall``,
+      ``absent_specificity``, ``image_accuracy`` (all 12 right), and ``held_out_*`` on the
+      held-out pairs' columns.
+    """
+    from compdiff.data import captioned_scenes
+    from compdiff.data import images as image_data
+
+    records = list(records)
+    rng = np.random.default_rng(seed)
+    drawn = [examples.concept_presence(r, rng) for r in records]
+    x = np.stack([image_data.to_unit_range(r["image"]) for r in records])
+    x = x.reshape(len(x), -1)
+    held = {(captioned_scenes.SHAPES.index(s), captioned_scenes.COLOURS.index(c))
+            for s, c in captioned_scenes.HELD_OUT}
+    labels = np.array([bool(e["label"]) for e in drawn])
+    asked = np.stack([e["cond"] for e in drawn])
+    correct = (np.asarray(presence(x, asked)) > 0.5) == labels
+    out = {"accuracy": float(correct.mean()), "num": len(records),
+           "positive_fraction": float(labels.mean())}
+    mask = np.array([examples.concept_of(c) in held for c in asked])
+    if mask.any():
+        out["held_out_accuracy"] = float(correct[mask].mean())
+        out["held_out_num"] = int(mask.sum())
+    concepts = [(s, c) for s in range(len(captioned_scenes.SHAPES))
+                for c in range(len(captioned_scenes.COLOURS))]
+    truth = np.array([[concept in examples.present_concepts(r) for concept in concepts]
+                      for r in records])
+    pred = presence_probs(presence, x, concepts) > 0.5
+    right = pred == truth
+    out.update({"all_concepts_accuracy": float(right.mean()), "all_concepts_num": right.size,
+                "present_recall": float(pred[truth].mean()),
+                "absent_specificity": float((~pred[~truth]).mean()),
+                "image_accuracy": float(right.all(axis=1).mean())})
+    cols = [k for k, concept in enumerate(concepts) if concept in held]
+    h_truth, h_pred = truth[:, cols], pred[:, cols]
+    out["held_out_all_concepts_accuracy"] = float((h_pred == h_truth).mean())
+    if h_truth.any():
+        out["held_out_present_recall"] = float(h_pred[h_truth].mean())
+        out["held_out_present_num"] = int(h_truth.sum())
+    return out
+
+
+def phrase_concept(text: str) -> tuple[int, int]:
+    """``(shape, colour)`` of a caption of captioned_scenes (``"a small red cube"``)."""
+    from compdiff.data import captioned_scenes
+
+    parts = captioned_scenes.caption_parts(captioned_scenes.caption_index(text))
+    return parts.shape, parts.colour
+
+
+def requirements(tree: Any, concept_of: Callable[[str], Concept] = phrase_concept
+                 ) -> tuple[list[Concept], list[Concept], list[list[Concept]]]:
+    """``(required, forbidden, any_of)`` of a prompt tree for :func:`prompt_correct`.
+
+    The prompt is an AND (or one term) of phrases (required), ``NOT`` phrases (forbidden)
+    and ``OR`` groups of phrases (one of them required); ``concept_of`` maps a phrase to its
+    concept. Weights do not change what is asked. Other shapes (nested groups, NOT of a
+    group) have no single rule and raise ``ValueError``.
+    """
+    from compdiff import prompts
+
+    terms = tree.children if isinstance(tree, prompts.And) else (tree,)
+    required, forbidden, any_of = [], [], []
+    for term in terms:
+        if isinstance(term, prompts.Phrase):
+            required.append(concept_of(term.text))
+        elif isinstance(term, prompts.Not) and isinstance(term.child, prompts.Phrase):
+            forbidden.append(concept_of(term.child.text))
+        elif isinstance(term, prompts.Or) and all(isinstance(c, prompts.Phrase)
+                                                   for c in term.children):
+            any_of.append([concept_of(c.text) for c in term.children])
+        else:
+            raise ValueError(f"cannot score '{term}' in '{tree}': a scored prompt is an AND of "
+                             "phrases, NOT phrases and OR groups of phrases")
+    return required, forbidden, any_of

@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import time
 from typing import Any
@@ -451,13 +450,6 @@ def _scale_figure(curve: list[dict], path: str) -> None:
     plt.close(fig)
 
 
-def _verdict(a: float, b: float, n: int) -> str:
-    """Whether ``a > b`` beyond two standard errors of the difference (n samples each)."""
-    se = math.sqrt(max(a * (1 - a) + b * (1 - b), 1e-12) / n)
-    if a - b > 2 * se:
-        return "holds"
-    return "fails" if b - a > 2 * se else f"unresolved (|difference| < 2 s.e. = {2 * se:.2f})"
-
 
 def claims(result: dict) -> list[str]:
     """RRR's claim per dataset: MCMC on the energy model raises accuracy over reverse
@@ -488,7 +480,7 @@ def claims(result: dict) -> list[str]:
                    <= best_rev["frechet"] else "but with a larger Frechet distance")
         lines.append(
             f"{name}: MCMC on the energy model beats reverse diffusion: "
-            f"{_verdict(best_mcmc['accuracy'], best_rev['accuracy'], n)} "
+            f"{metrics.proportion_verdict(best_mcmc['accuracy'], best_rev['accuracy'], n)} "
             f"(energy {best_mcmc['sampler']} {best_mcmc['accuracy']:.2f}, Frechet "
             f"{best_mcmc['frechet']:.2f}; {best_rev['model']} {best_rev['sampler']} "
             f"{best_rev['accuracy']:.2f}, Frechet {best_rev['frechet']:.2f}; {frechet}).")
@@ -504,7 +496,8 @@ def _held_out_claims(name: str, rows: list[dict]) -> list[str]:
             continue
         composed, joint = by["shape, colour classifiers"], by["joint classifier"]
         n = composed.get("num_images") or 0
-        verdict = _verdict(composed["accuracy"], joint["accuracy"], n) if n else "n/a"
+        verdict = (metrics.proportion_verdict(composed["accuracy"], joint["accuracy"], n)
+                   if n else "n/a")
         lines.append(f"{name}, {sampler}: composing the shape and colour classifiers asks for "
                      f"pairs the generator never saw: accuracy {composed['accuracy']:.2f} "
                      f"against {joint['accuracy']:.2f} with the joint classifier "

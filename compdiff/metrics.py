@@ -39,6 +39,8 @@ Any non-finite sample makes ``mmd`` and ``var`` ``+inf`` as well.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
@@ -156,3 +158,13 @@ def evaluate(x, target: GridTarget, reference, components: int, seed: int = 0) -
     return {"ll": ll(x, target), "mode_tv": mode_tv(x, target), "mmd": mmd(x, reference),
             "var": gmm_variance(x, reference, components, seed),
             "nonfinite": int(np.sum(~np.all(np.isfinite(x), axis=-1)))}
+
+
+def proportion_verdict(a: float, b: float, n: int) -> str:
+    """Whether accuracy ``a`` beats ``b`` (each a proportion of ``n`` images): ``"holds"``
+    when ``a - b`` exceeds two standard errors of the difference, ``"fails"`` when ``b - a``
+    does, otherwise ``"unresolved"`` with the two-s.e. margin (the tables' claim checks)."""
+    se = math.sqrt(max(a * (1 - a) + b * (1 - b), 1e-12) / n)
+    if a - b > 2 * se:
+        return "holds"
+    return "fails" if b - a > 2 * se else f"unresolved (|difference| < 2 s.e. = {2 * se:.2f})"

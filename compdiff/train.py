@@ -18,7 +18,8 @@ Conditional models (``model.cond_dim > 0``) read each example's condition
 vector, replaced by the null condition with probability ``train.cond_dropout``
 (classifier-free guidance, :mod:`compdiff.models.conditioning`). The same loop
 trains classifiers (``task = "classifier"``): logistic loss on ``label`` (one
-output) or cross-entropy (several), on clean images or, when the classifier is
+output), cross-entropy (several) or one logistic loss per output on multi-hot ``labels``
+(multi-label), on clean images or, when the classifier is
 noise-conditional, on ``x_t`` at a uniform level. The network is
 ``model.network``: ``mlp`` (:class:`ResidualMLP`), ``unet`` (:class:`UNet`) or
 ``classifier`` (:class:`ImageClassifier`).
@@ -325,7 +326,9 @@ def loss_fn(params: Any, apply_fn: ApplyFn, parameterization: str, schedule: sch
 
 def classifier_loss(params: Any, apply_fn: ApplyFn, schedule: schedules.Schedule, batch: dict,
                     key: Array, noised: bool) -> Array:
-    """Logistic loss (one output, ``label`` in {0, 1}) or cross-entropy (integer ``label``).
+    """Logistic loss (one output, ``label`` in {0, 1}), cross-entropy (integer ``label``), or,
+    when the batch has multi-hot ``labels [B, K]``, the mean logistic loss of K independent
+    outputs (a multi-label classifier: every label of an image is a training signal).
 
     ``noised``: the classifier reads ``x_t`` at a uniform level ``t`` (noise-conditional).
     """
@@ -336,6 +339,12 @@ def classifier_loss(params: Any, apply_fn: ApplyFn, schedule: schedules.Schedule
         x = (jnp.sqrt(schedule.abar[t])[:, None] * x
              + schedule.sigma[t][:, None] * jax.random.normal(k_eps, x.shape))
     logits = apply_fn(params, x, t, batch.get("cond"))
+    if "labels" in batch:
+        if logits.shape != batch["labels"].shape:
+            raise ValueError(f"a multi-label classifier needs one output per label: logits "
+                             f"{logits.shape}, labels {batch['labels'].shape} (set "
+                             f"model.num_outputs = {batch['labels'].shape[-1]})")
+        return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, batch["labels"]))
     if logits.shape[-1] == 1:
         return jnp.mean(optax.sigmoid_binary_cross_entropy(logits[:, 0], batch["label"]))
     return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(

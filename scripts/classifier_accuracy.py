@@ -10,11 +10,10 @@ that the training split held out (``held_out_accuracy``).
 
 A binary classifier (one output) or one that reads a query (``model.query`` ``position`` or
 ``vector``) is scored on the queries its example function draws for each record (seeded
-as the images' order), a prediction being ``sigmoid(logit) > 0.5`` for one output. For
-``concept_presence`` (``configs/text2image_classifier.py``) it is also asked every concept
-of every image (``all_concepts_accuracy``, ``present_recall``, ``absent_specificity``,
-``image_accuracy``: every concept right), and ``held_out_*`` restrict both to the concepts
-that ``captioned_scenes.HELD_OUT`` names.
+as the images' order), a prediction being ``sigmoid(logit) > 0.5`` for one output. A
+concept classifier of captioned scenes (``configs/text2image_classifier.py``, examples
+``concept_presence`` or ``concept_labels``) is scored by :func:`compdiff.concepts.evaluate`:
+hard balanced queries, every concept of every image, and the held-out pairs on their own.
 """
 
 import json
@@ -26,7 +25,7 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
-from compdiff import cli, distributed, train
+from compdiff import cli, concepts, distributed, train
 from compdiff.data import examples, images
 from compdiff.runtime import configure_cpu
 
@@ -46,6 +45,11 @@ def accuracy(workdir: str, split: str = "test", level: int = 0, batch: int = 256
         raise ValueError(f"--level={level} needs a noise-conditional classifier")
     data = images.ImageSource.from_config(config.data, split)
     example = examples.get(config.data.example)
+    if config.data.example.partition(":")[0] in ("concept_presence", "concept_labels"):
+        records = [data.source[i] for i in range(len(data.source))]
+        return {**concepts.evaluate(concepts.classifier_presence(network, params), records),
+                "split": split, "data": f"{config.data.source}/{config.data.builder_config}",
+                "example": config.data.example}
     if config.model.get("query", "none") != "none" or config.model.num_outputs == 1:
         return query_accuracy(config, network, params, data, split, level, batch)
     rng = np.random.default_rng(0)
@@ -118,47 +122,6 @@ def query_accuracy(config: ml_collections.ConfigDict, network: Any, params: Any,
            "data": f"{config.data.source}/{config.data.builder_config}",
            "example": config.data.example, "level": level,
            "positive_fraction": float(labels.mean())}
-    if config.data.example.partition(":")[0] == "concept_presence":
-        from compdiff.data import captioned_scenes
-
-        held = {(captioned_scenes.SHAPES.index(s), captioned_scenes.COLOURS.index(c))
-                for s, c in captioned_scenes.HELD_OUT}
-        asked = [examples.concept_of(c) for c in cond]
-        mask = np.array([concept in held for concept in asked])
-        if mask.any():
-            out["held_out_accuracy"] = float(correct[mask].mean())
-            out["held_out_num"] = int(mask.sum())
-        out.update(_every_concept(config, network, params, records, x, held, level, batch))
-    return out
-
-
-def _every_concept(config: ml_collections.ConfigDict, network: Any, params: Any,
-                   records: list, x: np.ndarray, held: set[tuple[int, int]], level: int,
-                   batch: int) -> dict:
-    """Every image asked every ``(shape, colour)`` concept of captioned_scenes."""
-    from compdiff.data import captioned_scenes
-
-    concepts = [(s, c) for s in range(len(captioned_scenes.SHAPES))
-                for c in range(len(captioned_scenes.COLOURS))]
-    truth = np.array([[concept in examples.present_concepts(r) for concept in concepts]
-                      for r in records])
-    pred = np.stack([_predict(config, network, params, x,
-                              np.broadcast_to(examples.concept_vector(*concept),
-                                              (len(x), examples.CONCEPT_DIM)), level, batch)
-                     for concept in concepts], axis=1).astype(bool)
-    right = pred == truth
-    out = {"all_concepts_accuracy": float(right.mean()), "all_concepts_num": int(right.size),
-           "present_recall": float(pred[truth].mean()),
-           "absent_specificity": float((~pred[~truth]).mean()),
-           "image_accuracy": float(right.all(axis=1).mean())}
-    cols = [k for k, concept in enumerate(concepts) if concept in held]
-    if cols:
-        h_truth, h_pred = truth[:, cols], pred[:, cols]
-        out["held_out_all_concepts_accuracy"] = float((h_pred == h_truth).mean())
-        if h_truth.any():
-            out["held_out_present_recall"] = float(h_pred[h_truth].mean())
-            out["held_out_present_num"] = int(h_truth.sum())
-        out["held_out_absent_specificity"] = float((~h_pred[~h_truth]).mean())
     return out
 
 

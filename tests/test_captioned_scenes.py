@@ -223,7 +223,8 @@ def test_image_caption_example(records):
 
 def test_registered_and_bad_inputs(tmp_path):
     assert images.BUILDERS["captioned_scenes"] == cs.__name__
-    assert cs.config_names() == ["tiny", "tiny_all", "32px", "32px_all", "64px", "64px_all"]
+    assert cs.config_names() == ["tiny", "tiny_all", "32px", "32px_all", "32px_large",
+                                 "32px_large_all", "64px", "64px_all"]
     assert (CONFIGS["32px"].resolution, CONFIGS["32px"].num_train,
             CONFIGS["32px"].num_test) == (32, 20_000, 1_000)
     assert CONFIGS["64px"].resolution == 64
@@ -231,3 +232,15 @@ def test_registered_and_bad_inputs(tmp_path):
         cs.prepare("128px", str(tmp_path))
     with pytest.raises(ValueError, match="split"):
         cs.data_source("tiny", "validation", str(tmp_path))
+
+
+def test_large_configs_draw_only_large_objects_and_the_others_both():
+    configs = {c.name: c for c in cs.CaptionedScenes.BUILDER_CONFIGS}
+    large = cs.SIZES.index("large")
+    for name, sizes in (("32px_large", {large}), ("32px_large_all", {large}),
+                        ("32px", {0, 1})):
+        drawn = set()
+        for i in range(60):
+            ex = cs.make_example(configs[name], "train", i)
+            drawn |= set(ex["size"][:ex["count"]].tolist())
+        assert drawn == sizes, name

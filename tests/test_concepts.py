@@ -75,6 +75,33 @@ def test_concept_presence_labels_balance_and_hard_negatives(data_dir):
         examples.get("concept_presence:hard=2")(src[0], rng)
 
 
+def test_concept_labels_are_the_objects_pairs(data_dir):
+    src = cs.data_source("tiny_all", "train", data_dir)
+    fn = examples.get("concept_labels")
+    for n in range(len(src)):
+        r = src[n]
+        labels = fn(r, np.random.default_rng(0))["labels"]
+        objects = {(int(r["shape"][k]), int(r["colour"][k])) for k in range(int(r["count"]))}
+        assert labels.shape == (12,) and labels.dtype == np.float32
+        assert {(k // 4, k % 4) for k in np.flatnonzero(labels)} == objects
+    assert [examples.concept_index(s, c) for s, c in itertools.product(range(3), range(4))
+            ] == list(range(12))
+
+
+def test_multilabel_loss_is_the_mean_per_output_logistic_loss():
+    logits = jax.random.normal(jax.random.key(0), (5, 12))
+    labels = (jax.random.uniform(jax.random.key(1), (5, 12)) < 0.3).astype(np.float32)
+    apply = lambda params, x, t, cond: logits  # noqa: E731
+    loss = train.classifier_loss(None, apply, None, {"x": np.zeros((5, 3)), "labels": labels},
+                                 None, noised=False)
+    p = jax.nn.sigmoid(logits)
+    expected = -np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p))
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+    with pytest.raises(ValueError, match="model.num_outputs = 12"):
+        train.classifier_loss(None, lambda *a: logits[:, :1], None,
+                              {"x": np.zeros((5, 3)), "labels": labels}, None, noised=False)
+
+
 # ----------------------------------------------------------------------------- the network
 
 
@@ -92,9 +119,16 @@ def _abstract_params(config, network):  # shapes only: nothing compiled
     return jax.eval_shape(lambda: train.init_state(config, network, jax.random.key(0))).params
 
 
+def _vector_query(config):
+    """The FiLM-query form of the concept classifier (one output, the concept as a vector)."""
+    config.model.query, config.model.num_outputs = "vector", 1
+    config.data.example = "concept_presence"
+    return config
+
+
 def test_vector_query_changes_the_logits_and_old_classifiers_keep_their_names():
-    config = text2image_classifier.get_config("tiny")
-    assert config.model.query_dim == ImageClassifier.query_dim == examples.CONCEPT_DIM
+    config = _vector_query(text2image_classifier.get_config("tiny"))
+    assert ImageClassifier.query_dim == examples.CONCEPT_DIM
     net = _network(config)
     state = train.init_state(config, net, jax.random.key(0))
     apply = jax.jit(lambda x, q: net.apply({"params": state.params}, x, None, q)[:, 0])
@@ -145,22 +179,24 @@ def test_configs_name_existing_builder_configs():
     names = cs.config_names()
     for size in ("tiny", "cpu", "paper"):
         c = text2image_classifier.get_config(size)
-        assert (c.task, c.model.query, c.model.num_outputs) == ("classifier", "vector", 1)
+        assert (c.task, c.model.query, c.model.num_outputs) == ("classifier", "none", 12)
         assert not c.model.noise_conditional and c.data.builder_config.endswith("_all")
-        if size != "paper":  # paper's 64px_all is still to be added to captioned_scenes
-            assert c.data.builder_config in names
+        assert c.data.builder_config in names
     with pytest.raises(ValueError, match="bad config variant"):
         text2image_classifier.get_config("huge")
 
 
-def test_tiny_config_trains_and_is_scored(data_dir, tmp_path):
+@pytest.mark.parametrize("form", ["multilabel", "vector"])
+def test_tiny_config_trains_and_is_scored(data_dir, tmp_path, form):
     config = text2image_classifier.get_config("tiny")
+    if form == "vector":
+        config = _vector_query(config)
     config.data.data_dir = data_dir
     workdir = str(tmp_path / "run")
     state = train.train(config, workdir)
     assert int(state.step) == 2
     out = _accuracy_script(workdir)
-    assert out["num"] == 48 and out["example"] == "concept_presence"
+    assert out["num"] == 48 and out["example"] == config.data.example
     assert out["all_concepts_num"] == 48 * 12
     for key in ("accuracy", "all_concepts_accuracy", "present_recall", "absent_specificity",
                 "image_accuracy", "held_out_all_concepts_accuracy"):

@@ -46,7 +46,10 @@ Configs (train / test) and build times on one core of a busy 2-core CPU (nice 19
 s measured, 11 MB), ``64px`` 200_000 / 5_000 and ``64px_all`` (RRR's scale, for accelerator
 runs; about 20 min, extrapolated from 4.7 ms per example on 500 examples plus the writing
 overhead measured at 32 px). At 32 px a small object is 2 to 4 pixels across, so its shape
-is barely visible; 64 px shows it. A progress bar shows::
+is barely visible; 64 px shows it. ``32px_large`` and ``32px_large_all`` draw only large
+objects (5 to 7 pixels across at 32 px, shapes legible), the CPU-scale data of
+``configs/text2image.py``: a model that fits a 2-core budget is 32 px at most. A progress
+bar shows::
 
     python -m compdiff.data.captioned_scenes --config=32px --data_dir=/path/to/tfds
 """
@@ -178,12 +181,14 @@ def random_caption_id(shape: int, colour: int, size: int, side: int,
 
 @dataclasses.dataclass(eq=False)
 class CaptionedScenesConfig(tfds.core.BuilderConfig):
-    """A ``captioned_scenes`` configuration; ``held_out``: pairs absent from ``train``."""
+    """A ``captioned_scenes`` configuration; ``held_out``: pairs absent from ``train``;
+    ``sizes``: the object sizes drawn."""
 
     resolution: int = 32
     num_train: int = 20_000
     num_test: int = 1_000
     held_out: tuple[tuple[str, str], ...] = HELD_OUT
+    sizes: tuple[str, ...] = SIZES
     seed: int = 0
 
     def colours(self, split: str) -> list[list[int]]:
@@ -196,12 +201,14 @@ class CaptionedScenesConfig(tfds.core.BuilderConfig):
         return allowed
 
 
-def _cfg(name, resolution, num_train, num_test, held_out=HELD_OUT):
+def _cfg(name, resolution, num_train, num_test, held_out=HELD_OUT, sizes=SIZES):
     kept = "all 12 pairs" if not held_out else f"{len(held_out)} pairs held out of train"
     return CaptionedScenesConfig(name=name, resolution=resolution, num_train=num_train,
                                  num_test=num_test, held_out=tuple(held_out),
+                                 sizes=tuple(sizes),
                                  description=f"{resolution}px captioned scenes of 1 to "
-                                             f"{MAX_OBJECTS} objects, {kept}")
+                                             f"{MAX_OBJECTS} {'/'.join(sizes)} objects, "
+                                             f"{kept}")
 
 
 class CaptionedScenes(tfds.core.GeneratorBasedBuilder):
@@ -214,6 +221,8 @@ class CaptionedScenes(tfds.core.GeneratorBasedBuilder):
         _cfg("tiny_all", 16, 240, 48, held_out=()),
         _cfg("32px", 32, 20_000, 1_000),
         _cfg("32px_all", 32, 20_000, 1_000, held_out=()),
+        _cfg("32px_large", 32, 20_000, 1_000, sizes=("large",)),
+        _cfg("32px_large_all", 32, 20_000, 1_000, held_out=(), sizes=("large",)),
         _cfg("64px", 64, 200_000, 5_000),
         _cfg("64px_all", 64, 200_000, 5_000, held_out=()),
     ]
@@ -262,7 +271,7 @@ def make_example(config: CaptionedScenesConfig, split: str, index: int) -> dict:
     allowed = config.colours(split)
     rng = np.random.default_rng([config.seed, _SPLITS[split], index])
     count = int(rng.integers(1, MAX_OBJECTS + 1))
-    scene = render.sample_scene(rng, count, shapes=SHAPES)
+    scene = render.sample_scene(rng, count, shapes=SHAPES, sizes=config.sizes)
     # placement does not depend on the colour: redraw it from the split's colours per shape
     colour = np.array([allowed[s][rng.integers(len(allowed[s]))] for s in scene.shape],
                       np.int32)

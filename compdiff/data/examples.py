@@ -164,6 +164,15 @@ def concept_vector(shape: int, colour: int) -> np.ndarray:
     return vector
 
 
+NUM_CONCEPTS = len(captioned_scenes.SHAPES) * len(captioned_scenes.COLOURS)
+
+
+def concept_index(shape: int, colour: int) -> int:
+    """The output of a multi-label concept classifier for ``(shape, colour)``: colour fastest."""
+    concept_vector(shape, colour)  # the range check
+    return int(shape) * len(captioned_scenes.COLOURS) + int(colour)
+
+
 def concept_of(vector: np.ndarray) -> tuple[int, int]:
     """``(shape, colour)`` of a vector of :func:`concept_vector` (its inverse)."""
     vector = np.asarray(vector)
@@ -204,6 +213,16 @@ def concept_presence(record: Record, rng: np.random.Generator,
             "label": np.int32(label)}
 
 
+def concept_labels(record: Record, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """The image and ``labels``: ``[NUM_CONCEPTS]`` float32, 1 where a ``(shape, colour)``
+    concept is in it (index :func:`concept_index`): a multi-label classifier's targets."""
+    del rng  # the targets are the record's; nothing is drawn
+    labels = np.zeros(NUM_CONCEPTS, np.float32)
+    for concept in present_concepts(record):
+        labels[concept_index(*concept)] = 1.0
+    return {"x": to_unit_range(record["image"]), "labels": labels}
+
+
 EXAMPLES: dict[str, Callable[..., dict[str, np.ndarray]]] = {
     "image_position": image_position,
     "position_presence": position_presence,
@@ -222,6 +241,7 @@ EXAMPLES: dict[str, Callable[..., dict[str, np.ndarray]]] = {
     "image_text": image_text,
     # captioned_scenes: is a (shape, colour) concept in the image? (configs/text2image_classifier)
     "concept_presence": concept_presence,
+    "concept_labels": concept_labels,  # every concept at once (a multi-label classifier)
 }
 
 

@@ -143,12 +143,14 @@ def object_bounds_uv(scene: Scene) -> np.ndarray:
 
 
 def sample_scene(
-    rng: np.random.Generator, num_objects: int, shapes: tuple[str, ...] = ("cube",)
+    rng: np.random.Generator, num_objects: int, shapes: tuple[str, ...] = ("cube",),
+    sizes: tuple[str, ...] = tuple(SIZES),
 ) -> Scene:
     """Samples a scene of ``num_objects`` non-overlapping objects, all fully in view.
 
     Shapes are uniform over ``shapes``, colours over the 8 CLEVR colours, sizes over
-    small/large, rotations over ``[0, pi/2)`` (cubes; irrelevant for the others). Floor
+    ``sizes`` (default small/large; the same draws as before ``sizes`` existed), rotations
+    over ``[0, pi/2)`` (cubes; irrelevant for the others). Floor
     positions are rejection-sampled: two objects' bounding circles (footprint radius +
     footprint radius + ``MIN_GAP``) must not overlap, and the object's bounding box must
     project inside the image.
@@ -165,12 +167,16 @@ def sample_scene(
         if name not in SHAPES:
             raise ValueError(f"unknown shape {name!r}; known shapes: {SHAPES}")
     shape_ids = np.array([SHAPES.index(s) for s in shapes], dtype=np.int32)
+    unknown = [name for name in sizes if name not in SIZES]
+    if unknown or not sizes:
+        raise ValueError(f"sizes must name some of {list(SIZES)}, got {sizes}")
+    size_ids = np.array([list(SIZES).index(name) for name in sizes], dtype=np.int32)
     size_values = np.asarray(list(SIZES.values()))
 
     for _ in range(20):  # restarts with new attributes if placement gets stuck
         shape = shape_ids[rng.integers(0, len(shape_ids), size=num_objects)].astype(np.int32)
         color = rng.integers(0, len(COLORS), size=num_objects).astype(np.int32)
-        size = rng.integers(0, len(SIZES), size=num_objects).astype(np.int32)
+        size = size_ids[rng.integers(0, len(size_ids), size=num_objects)].astype(np.int32)
         rotation = rng.uniform(0.0, np.pi / 2, size=num_objects)
         half = size_values[size]
         radius = _footprint_radius(shape, half)

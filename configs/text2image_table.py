@@ -1,0 +1,60 @@
+"""RRR 5.4 at CPU scale: ``scripts/text2image_table.py --config=configs/text2image_table.py:<v>``.
+
+Variants:
+
+- ``tiny``: for tests, seconds: the ``tiny`` generator and judge (2 steps), 2 images per
+  prompt, one prompt per composition type, reverse and HMC+SMC.
+- ``quick``: the ``quick`` generator, one prompt per type, reverse and HMC.
+- ``cpu``: the ``cpu`` generator and judge, every sampler.
+- ``paper``: RRR's text-to-image settings (``configs/text2image.py:paper``, 64 px) for
+  accelerators, more prompts and images.
+
+The prompts ask for captions of :mod:`compdiff.data.captioned_scenes` pairs the generator's
+training split holds, except ``held-out pair``, whose captions name the pairs it never saw.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs import text2image, text2image_classifier
+
+VARIANTS = ("tiny", "quick", "cpu", "paper")
+
+# (name, prompts); the first prompt of each type is the one in the figures
+COMPOSITIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("1 concept", ("a red sphere", "a blue cube", "a yellow cylinder", "a green cube")),
+    ("2 AND", ("a red sphere AND a blue cube", "a yellow cylinder AND a green cube")),
+    ("3 AND", ("a red sphere AND a blue cube AND a yellow cylinder",
+               "a green cube AND a yellow sphere AND a red cylinder")),
+    # the forbidden concept shares the colour or the shape of the asked one
+    ("AND NOT", ("a red sphere AND NOT a red cylinder", "a blue cube AND NOT a yellow cube")),
+    ("OR", ("a red sphere OR a blue cube", "a yellow cylinder OR a green cube")),
+    ("held-out pair", ("a red cube", "a green sphere", "a blue cylinder")),
+)
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    variant = arg or "cpu"
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown text2image_table variant {variant!r}; known: {list(VARIANTS)}")
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+    config.data_dir = text2image.DEFAULT_DATA_DIR
+    config.scale = 3.0  # classifier-free weight of every phrase
+    config.num_images = {"tiny": 2, "quick": 12, "cpu": 16, "paper": 256}[variant]
+    config.num_judge_images = {"tiny": 48, "paper": 5000}.get(variant, 1000)
+    per_type = {"tiny": 1, "quick": 1, "cpu": 2}.get(variant)
+    config.compositions = [ml_collections.ConfigDict(
+        {"name": name, "prompts": list(prompts[:per_type] if per_type else prompts)})
+        for name, prompts in COMPOSITIONS]
+    config.samplers = {"tiny": ["reverse", "hmc+smc"], "quick": ["reverse", "hmc"],
+                       "cpu": ["reverse", "ula", "uhmc", "mala", "hmc", "hmc+smc"],
+                       }.get(variant, ["reverse", "ula", "uhmc", "mala", "hmc", "mala+smc",
+                                       "hmc+smc"])
+    models = ml_collections.ConfigDict()
+    models.generator = text2image.get_config(variant)
+    models.judge = text2image_classifier.get_config(
+        {"tiny": "tiny", "paper": "paper"}.get(variant, "cpu"))
+    config.models = models
+    return config

@@ -1,0 +1,81 @@
+"""The text-to-image table (RRR 5.4 at CPU scale): its prompts, scoring and a tiny run."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from compdiff import concepts, prompts, text2image_table
+from compdiff.data import captioned_scenes as cs
+from configs import text2image_table as table_config
+
+pytest.importorskip("tokenizers")
+
+HELD = {(cs.SHAPES.index(s), cs.COLOURS.index(c)) for s, c in cs.HELD_OUT}
+
+
+@pytest.mark.parametrize("variant", table_config.VARIANTS)
+def test_every_prompt_is_scorable_and_only_held_out_prompts_name_held_out_pairs(variant):
+    config = table_config.get_config(variant)
+    assert config.models.generator.model.parameterization == "energy_dae"  # OR, MALA, HMC
+    for comp in config.compositions:
+        for prompt in comp.prompts:
+            required, forbidden, any_of = concepts.requirements(prompts.parse_prompt(prompt))
+            named = set(required) | set(forbidden) | {c for g in any_of for c in g}
+            assert bool(named & HELD) == (comp.name == "held-out pair"), prompt
+            assert {"AND NOT": bool(forbidden), "OR": bool(any_of)}.get(comp.name, True)
+    with pytest.raises(ValueError, match="unknown text2image_table variant"):
+        table_config.get_config("huge")
+
+
+def test_score_counts_every_requirement_and_the_fraction_met():
+    # a judge that sees exactly a red cube (0, 0) and a green sphere (1, 1) in every image
+    seen = {(0, 0), (1, 1)}
+
+    def presence(images, vectors):
+        from compdiff.data import examples
+        return np.array([float(examples.concept_of(v) in seen) for v in vectors])
+
+    x = np.zeros((3, 4, 4, 3))
+    score = lambda p: text2image_table.score(presence, x, p)  # noqa: E731
+    assert score("a red cube AND a green sphere") == {"accuracy": 1.0, "concept_accuracy": 1.0}
+    assert score("a red cube AND a blue sphere") == {"accuracy": 0.0, "concept_accuracy": 0.5}
+    assert score("a red cube AND NOT a green sphere") == {"accuracy": 0.0,
+                                                          "concept_accuracy": 0.5}
+    assert score("a blue cube OR a green sphere") == {"accuracy": 1.0, "concept_accuracy": 1.0}
+    assert score("a blue cube AND (a yellow cube OR a red cylinder)")["accuracy"] == 0.0
+
+
+def test_claims_pool_the_multi_concept_rows():
+    rows = [{"composition": c, "sampler": s, "accuracy": a, "concept_accuracy": a, "nfe": 1,
+             "seconds": 1.0} for c in text2image_table.MULTI_CONCEPT
+            for s, a in (("reverse", 0.2), ("hmc", 0.6))]
+    rows.append({"composition": "1 concept", "sampler": "reverse", "accuracy": 0.9,
+                 "concept_accuracy": 0.9, "nfe": 1, "seconds": 1.0})
+    result = {"rows": rows, "classifier_accuracy": 0.96,
+              "classifier": {"all_concepts_accuracy": 0.98}, "config": {"num_images": 16}}
+    text = " ".join(text2image_table.claims(result))
+    assert "HMC 0.60 against reverse 0.20" in text and "holds" in text
+    assert "model error 0.10" in text and "0.960" in text
+
+
+def test_tiny_table_end_to_end(tmp_path):
+    config = table_config.get_config("tiny")
+    config.data_dir = str(tmp_path / "data")
+    config.compositions = config.compositions[1:2] + config.compositions[4:5]  # AND, OR
+    workdir = tmp_path / "table"
+    result = text2image_table.run(config, str(workdir))
+    saved = json.loads((workdir / "text2image_table.json").read_text())
+    assert saved["rows"] == json.loads(json.dumps(result["rows"]))
+    assert {(r["composition"], r["sampler"]) for r in saved["rows"]} == {
+        (c, s) for c in ("2 AND", "OR") for s in ("reverse", "hmc+smc")}
+    for r in saved["rows"]:
+        assert 0.0 <= r["accuracy"] <= r["concept_accuracy"] <= 1.0 and r["nfe"] > 0
+        assert set(r) >= {"composition", "prompt", "model", "sampler", "accuracy", "nfe",
+                          "seconds"}
+    assert 0.0 <= saved["classifier_accuracy"] <= 1.0 and saved["wall_seconds"] > 0
+    with np.load(workdir / "samples" / "OR_0_reverse.npz") as f:
+        assert f["x"].dtype == np.uint8 and f["x"].shape == (2, 16, 16, 3)
+    assert os.path.exists(workdir / "figures" / "2 AND.png")
+    assert "| OR | hmc+smc |" in (workdir / "text2image_table.md").read_text()
