@@ -27,7 +27,7 @@ fails as a whole.
 Work directory::
 
     models/{generator,judge}/
-    samples/<composition>_<k>_<sampler>.npz     x: uint8 NHWC, prompt
+    samples/<composition>_<k>_<sampler>.npz     x: uint8 NHWC, prompt (spaces as _)
     figures/<composition>.png                   one row per sampler, first prompt of the type
     text2image_table.json, text2image_table.md
 """
@@ -123,14 +123,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                               config.num_images, jax.random.fold_in(key, 10_000 * c + 100 * k + s))
                 rows.append({"composition": comp.name, "model": "energy", **row})
                 images = image_data.to_uint8(x, shape)
-                _save(workdir, f"{comp.name}_{k}_{sampler}", images, prompt)
+                _save(workdir, f"{_slug(comp.name)}_{k}_{sampler}", images, prompt)
                 if k == 0:
                     grid.append(images[:8])
                 logging.info("%-14s %-10s accuracy %.3f (concepts %.3f) nfe %d %.1fs: %s",
                              comp.name, sampler, row["accuracy"], row["concept_accuracy"],
                              row["nfe"], row["seconds"], prompt)
         image_grids.save_grid(np.concatenate(grid), os.path.join(
-            workdir, "figures", f"{comp.name}.png"), ncols=len(grid[0]),
+            workdir, "figures", f"{_slug(comp.name)}.png"), ncols=len(grid[0]),
             titles=[s if i == 0 else "" for s in config.samplers for i in range(len(grid[0]))])
     result = {"rows": rows, "classifier_accuracy": judge["accuracy"], "classifier": judge,
               "train_seconds": train_seconds, "machine": table2d.machine(),
@@ -141,6 +141,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         f.write(markdown(result))
     logging.info("text2image_table done in %.0fs: %s", result["wall_seconds"], workdir)
     return result
+
+
+def _slug(name: str) -> str:
+    """A composition type as a file name: ``"held-out pair"`` -> ``"held-out_pair"``."""
+    return name.replace(" ", "_")
 
 
 def _save(workdir: str, name: str, images: np.ndarray, prompt: str) -> None:

@@ -52,3 +52,14 @@ def test_prompt_errors_are_one_line(text_run, tmp_path):
     proc = run_script("sample.py", f"--model={text_run}", "--prompt=a red cube AND",
                       f"--out={tmp_path}")
     assert_one_line(proc, "sample.py", "position")
+
+
+def test_caption_gap_script_reports_the_three_losses(text_run):
+    proc = run_script("caption_gap.py", f"--workdir={text_run}", "--num=8", "--draws=1")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["num"] == 8 and out["absent_minus_true_se"] >= 0
+    for key in ("true_loss", "absent_loss", "null_loss"):
+        assert np.isfinite(out[key]) and out[key] > 0
+    assert out["absent_minus_true"] == pytest.approx(out["absent_loss"] - out["true_loss"],
+                                                     abs=1e-3)

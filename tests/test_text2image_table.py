@@ -63,13 +63,15 @@ def test_claims_pool_the_multi_concept_rows():
 def test_tiny_table_end_to_end(tmp_path):
     config = table_config.get_config("tiny")
     config.data_dir = str(tmp_path / "data")
-    config.compositions = config.compositions[1:2] + config.compositions[4:5]  # AND, OR
+    # OR: a mixture of products over one network's conditions (the most composed type); the
+    # scoring of every type is checked above (CI minutes: each cell compiles its sampler)
+    config.compositions = [c for c in config.compositions if c.name == "OR"]
     workdir = tmp_path / "table"
     result = text2image_table.run(config, str(workdir))
     saved = json.loads((workdir / "text2image_table.json").read_text())
     assert saved["rows"] == json.loads(json.dumps(result["rows"]))
     assert {(r["composition"], r["sampler"]) for r in saved["rows"]} == {
-        (c, s) for c in ("2 AND", "OR") for s in ("reverse", "hmc+smc")}
+        ("OR", s) for s in ("reverse", "hmc+smc")}
     for r in saved["rows"]:
         assert 0.0 <= r["accuracy"] <= r["concept_accuracy"] <= 1.0 and r["nfe"] > 0
         assert set(r) >= {"composition", "prompt", "model", "sampler", "accuracy", "nfe",
@@ -77,5 +79,5 @@ def test_tiny_table_end_to_end(tmp_path):
     assert 0.0 <= saved["classifier_accuracy"] <= 1.0 and saved["wall_seconds"] > 0
     with np.load(workdir / "samples" / "OR_0_reverse.npz") as f:
         assert f["x"].dtype == np.uint8 and f["x"].shape == (2, 16, 16, 3)
-    assert os.path.exists(workdir / "figures" / "2 AND.png")
+    assert os.path.exists(workdir / "figures" / "OR.png")
     assert "| OR | hmc+smc |" in (workdir / "text2image_table.md").read_text()
