@@ -259,3 +259,19 @@ def test_prompt_correct_truth_table():
         concepts.prompt_correct(presence, x, any_of=[[]])
     with pytest.raises(ValueError, match="one probability per image"):
         concepts.prompt_correct(lambda x, v: np.zeros((len(x), 1)), x, required=[a])
+
+
+def test_multilabel_presence_reads_each_concepts_own_output():
+    logits = np.linspace(-3, 3, 12, dtype=np.float32)
+
+    class Net:  # a multi-label classifier whose logits are fixed: output k is logits[k]
+        query = "none"
+
+        def apply(self, variables, x, t):
+            return jax.numpy.broadcast_to(logits, (x.shape[0], 12))
+
+    presence = concepts.classifier_presence(Net(), {})
+    pairs = list(itertools.product(range(3), range(4)))
+    probs = concepts.presence_probs(presence, np.zeros((2, 5), np.float32), pairs)
+    np.testing.assert_allclose(probs, np.broadcast_to(jax.nn.sigmoid(logits), (2, 12)),
+                               rtol=1e-6)
