@@ -57,19 +57,7 @@ def accuracy(workdir: str, split: str = "test", level: int = 0, batch: int = 256
     # the stored images as they are (no training augmentation); the label from the example
     x = np.stack([images.to_unit_range(r["image"]) for r in records])
     labels = np.array([int(example(r, rng)["label"]) for r in records])
-    schedule = train.make_schedule(config)
-    apply = jax.jit(lambda p, x, t: network.apply({"params": p}, x, t))
-    preds = []
-    for i in range(0, len(x), batch):
-        xb = jnp.asarray(x[i:i + batch])
-        t = None
-        if noisy:
-            t = jnp.full((len(xb),), level, jnp.int32)
-            if level:
-                noise = jax.random.normal(jax.random.PRNGKey(i), xb.shape)
-                xb = jnp.sqrt(schedule.abar[level]) * xb + schedule.sigma[level] * noise
-        preds.append(np.asarray(jnp.argmax(apply(params, xb, t), -1)))
-    correct = np.concatenate(preds) == labels
+    correct = _predict(config, network, params, x, None, level, batch) == labels
     out = {"accuracy": float(correct.mean()), "num": int(len(labels)), "split": split,
            "data": f"{config.data.source}/{config.data.builder_config}",
            "example": config.data.example, "level": level}
