@@ -218,7 +218,9 @@ def make_network(config: ml_collections.ConfigDict, dim: int | None = None) -> N
                     num_res_blocks=m.num_res_blocks,
                     attention_resolutions=tuple(m.attention_resolutions),
                     num_heads=m.get("num_heads", 4), cond_dim=m.get("cond_dim", 0),
-                    remat=m.get("remat", False), position_map=m.get("position_map", 0.0))
+                    remat=m.get("remat", False), position_map=m.get("position_map", 0.0),
+                    cond_shift=tuple(m.get("cond_shift") or ()),
+                    cond_scale=tuple(m.get("cond_scale") or ()))
     if kind == "classifier":
         return ImageClassifier(image_shape=shape, num_outputs=m.num_outputs,
                                channels=m.channels, channel_mult=tuple(m.channel_mult),
@@ -250,7 +252,10 @@ def resolve_config(config: ml_collections.ConfigDict,
                    data: Density | points.Points) -> ml_collections.ConfigDict:
     """``config`` as :func:`train` saves it: ``model.dim`` from ``data``, ``data.path`` absolute.
 
-    A path replaces the dataset, so ``data.dataset`` becomes "" (the saved
+    Image data also sets ``model.image_shape``, and with ``model.standardize_cond`` the
+    condition statistics ``model.cond_shift`` / ``model.cond_scale`` the UNet standardizes
+    its conditions by (:meth:`~compdiff.data.images.ImageSource.condition_stats`; kept when
+    the config states them). A path replaces the dataset, so ``data.dataset`` becomes "" (the saved
     config names only the data it was trained on).
     """
     resolved = ml_collections.ConfigDict(config.to_dict())  # an unlocked copy
@@ -265,6 +270,10 @@ def resolve_config(config: ml_collections.ConfigDict,
         if task(config) == "diffusion" and stated_c and stated_c != data.cond_dim:
             raise ValueError(f"config model.cond_dim is {stated_c} but the data's conditions "
                              f"have length {data.cond_dim}")
+        if resolved.model.get("standardize_cond") and not resolved.model.get("cond_shift"):
+            shift, scale = data.condition_stats()
+            resolved.model.cond_shift = [float(v) for v in shift]
+            resolved.model.cond_scale = [float(v) for v in scale]
         resolved.data.data_dir = os.path.abspath(os.path.expanduser(data.data_dir))
         return resolved
     path = config.data.get("path", "")

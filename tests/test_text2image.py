@@ -2,6 +2,7 @@
 
 import json
 
+import ml_collections
 import numpy as np
 import pytest
 
@@ -63,3 +64,15 @@ def test_caption_gap_script_reports_the_three_losses(text_run):
         assert np.isfinite(out[key]) and out[key] > 0
     assert out["absent_minus_true"] == pytest.approx(out["absent_loss"] - out["true_loss"],
                                                      abs=1e-3)
+
+
+def test_the_run_standardizes_captions_by_the_training_conditions(text_run):
+    """The saved config carries the statistics of the training conditions, and the rebuilt
+    network reads them."""
+    config = json.loads((text_run / "config.json").read_text())
+    source = train.make_data(ml_collections.ConfigDict(config), None)
+    shift, scale = source.condition_stats()
+    np.testing.assert_allclose(config["model"]["cond_shift"], shift, rtol=1e-6)
+    np.testing.assert_allclose(config["model"]["cond_scale"], scale, rtol=1e-6)
+    model = train.load_model(str(text_run))
+    assert len(model.apply_fn.module.cond_shift) == text2image_config.TEXT_DIM

@@ -225,6 +225,9 @@ def test_remat_same_outputs_and_gradients(x):
     (dict(num_groups=0), "num_groups"),
     (dict(attention_resolutions=(3,)), "attention_resolutions"),
     (dict(num_heads=3), "num_heads"),
+    (dict(cond_dim=2, cond_shift=(0.0,), cond_scale=(1.0,)), "cond_shift"),
+    (dict(cond_dim=2, cond_shift=(0.0, 0.0), cond_scale=()), "cond_shift"),
+    (dict(cond_dim=2, cond_shift=(0.0, 0.0), cond_scale=(1.0, 0.0)), "cond_scale"),
 ])
 def test_bad_settings(overrides, field):
     with pytest.raises(ValueError, match=field):
@@ -282,3 +285,17 @@ def test_position_map_channel_reads_the_position_and_ignores_null_values(x):
                                   apply(params, x, t, right.replace(present=jnp.zeros(B, bool))))
     with pytest.raises(ValueError, match="position_map"):
         build(cond_dim=0, position_map=0.1)
+
+
+def test_standardized_conditions_are_the_plain_network_on_standardized_values(cond_net, x):
+    net, params = cond_net
+    shift, scale = (0.3, -0.2), (0.05, 2.0)
+    standardizing = net.clone(cond_shift=shift, cond_scale=scale)
+    t = jnp.full((B,), 7, jnp.int32)
+    value = jax.random.uniform(jax.random.key(9), (B, 2))
+    mask = jnp.array([1, 0, 1, 1], bool)
+    expected = jit_apply(net)(params, x, t, Conditions((value - jnp.array(shift))
+                                                       / jnp.array(scale), mask))
+    chex.assert_trees_all_close(jit_apply(standardizing)(params, x, t, Conditions(value, mask)),
+                                expected, **TOL)
+    assert not np.allclose(jit_apply(net)(params, x, t, given(value)), expected)

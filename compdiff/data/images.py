@@ -128,6 +128,19 @@ class ImageSource:
         source = builder.data_source(data.builder_config, split, data_dir)
         return cls(source, examples.get(data.example), data_dir)
 
+    def condition_stats(self, num: int = 4096, seed: int = 0, floor: float = 1e-3
+                        ) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and standard deviation (at least ``floor``) of the examples' ``cond``
+        ``[cond_dim]`` each, over ``num`` examples drawn as training draws them (the
+        records uniformly, the example's own randomness by ``seed``)."""
+        if not self.cond_dim:
+            raise ValueError("condition_stats: the examples carry no condition ('cond')")
+        rng = np.random.default_rng(seed)
+        rows = rng.integers(len(self.source), size=num)
+        conds = np.stack([np.ravel(self.example_fn(self.source[int(i)], rng)["cond"])
+                          for i in rows]).astype(np.float64)
+        return conds.mean(0), np.maximum(conds.std(0), floor)
+
     def batches(self, batch_size: int, seed: int,
                 sharding: NamedSharding | None = None) -> ImageBatches:
         return ImageBatches(self.source, self.example_fn, batch_size, seed, sharding)
