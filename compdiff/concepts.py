@@ -240,3 +240,16 @@ def requirements(tree: Any, concept_of: Callable[[str], Concept] = phrase_concep
             raise ValueError(f"cannot score '{term}' in '{tree}': a scored prompt is an AND of "
                              "phrases, NOT phrases and OR groups of phrases")
     return required, forbidden, any_of
+
+
+def score_prompt(presence: PresenceFn, images: np.ndarray, tree: Any) -> dict[str, float]:
+    """``accuracy`` (the fraction of ``images`` meeting every requirement of the parsed
+    prompt ``tree``) and ``concept_accuracy`` (the mean fraction of requirements met)."""
+    required, forbidden, any_of = requirements(tree)
+    flat = np.asarray(images).reshape(len(images), -1)
+    correct = prompt_correct(presence, flat, required, forbidden, any_of)
+    parts = ([prompt_correct(presence, flat, [c]) for c in required]
+             + [prompt_correct(presence, flat, forbidden=[c]) for c in forbidden]
+             + [prompt_correct(presence, flat, any_of=[g]) for g in any_of])
+    return {"accuracy": float(correct.mean()),
+            "concept_accuracy": float(np.mean(parts)) if parts else float(correct.mean())}

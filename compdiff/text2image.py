@@ -25,7 +25,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from compdiff import distributed, image_grids, prompts, samplers, text, train
+from compdiff import concepts, distributed, image_grids, prompts, samplers, text, train
 from compdiff.clevr_table import make_sampler
 from compdiff.compose import Density
 from compdiff.data import images as image_data
@@ -63,7 +63,8 @@ def load(workdir: str) -> tuple[DiffusionModel, text.TextEncoder]:
     return model, text.get(name)
 
 
-def prompt_density(model: DiffusionModel, encoder: text.TextEncoder, prompt: str,
+def prompt_density(model: DiffusionModel, encoder: text.TextEncoder,
+                   prompt: str | prompts.PromptNode,
                    scale: float = 3.0) -> Density:
     """``prompt`` over ``model``'s conditions, classifier-free weight ``scale``."""
     return prompts.compose_prompt(prompt, model, lambda texts: encoder.encode(texts).pooled,
@@ -77,17 +78,28 @@ def image_shape(workdir: str) -> tuple[int, int, int]:
 
 
 def sample_prompt(workdir: str, prompt: str, sampler: str = "hmc", num: int = 16,
-                  scale: float = 3.0, seed: int = 0, out: str | None = None) -> dict:
+                  scale: float = 3.0, seed: int = 0, out: str | None = None,
+                  judge: str | None = None) -> dict:
     """Samples ``prompt`` from the model in ``workdir``; with ``out`` writes ``grid.png``,
-    ``samples.npz`` (``x``: uint8 NHWC) and ``samples.json`` there. Returns the summary."""
+    ``samples.npz`` (``x``: uint8 NHWC) and ``samples.json`` there. Returns the summary;
+    with ``judge`` (the work directory of a concept classifier,
+    ``configs/text2image_classifier.py``) it holds the samples' ``accuracy`` and
+    ``concept_accuracy`` (:func:`compdiff.concepts.score_prompt`)."""
     model, encoder = load(workdir)
-    target = prompt_density(model, encoder, prompt, scale)
+    tree = prompts.parse_prompt(prompt)
+    presence = concepts.load_presence(judge) if judge else None
+    if presence:
+        concepts.requirements(tree)  # a prompt the judge cannot score fails before sampling
+    target = prompt_density(model, encoder, tree, scale)
     x, stats = samplers.sample(target, image_sampler(sampler), model.schedule,
                                jax.random.key(seed), num)
-    images = image_data.to_uint8(np.asarray(distributed.gather(x)), image_shape(workdir))
-    summary = {"prompt": prompt, "tree": str(prompts.parse_prompt(prompt)), "sampler": sampler,
+    x = np.asarray(distributed.gather(x))
+    images = image_data.to_uint8(x, image_shape(workdir))
+    summary = {"prompt": prompt, "tree": str(tree), "sampler": sampler,
                "scale": scale, "num": num, "nfe": int(stats.nfe),
                "diverged": int(stats.diverged)}
+    if presence:
+        summary.update(concepts.score_prompt(presence, x, tree))
     if out and distributed.is_main():
         os.makedirs(out, exist_ok=True)
         np.savez_compressed(os.path.join(out, "samples.npz"), x=images)

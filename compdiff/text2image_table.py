@@ -76,18 +76,6 @@ def judge_accuracy(config: ml_collections.ConfigDict, presence: concepts.Presenc
     return concepts.evaluate(presence, [source.source[i] for i in range(num)])
 
 
-def score(presence: concepts.PresenceFn, images: np.ndarray, prompt: str) -> dict:
-    """``accuracy`` (every requirement met) and ``concept_accuracy`` (the fraction met)."""
-    required, forbidden, any_of = concepts.requirements(prompts.parse_prompt(prompt))
-    flat = images.reshape(len(images), -1)
-    correct = concepts.prompt_correct(presence, flat, required, forbidden, any_of)
-    parts = ([concepts.prompt_correct(presence, flat, [c]) for c in required]
-             + [concepts.prompt_correct(presence, flat, forbidden=[c]) for c in forbidden]
-             + [concepts.prompt_correct(presence, flat, any_of=[g]) for g in any_of])
-    return {"accuracy": float(correct.mean()),
-            "concept_accuracy": float(np.mean(parts)) if parts else float(correct.mean())}
-
-
 def cell(model, encoder, presence, prompt: str, sampler: str, scale: float, num: int,
          key: jax.Array) -> tuple[dict, np.ndarray]:
     target = text2image.prompt_density(model, encoder, prompt, scale)
@@ -96,7 +84,8 @@ def cell(model, encoder, presence, prompt: str, sampler: str, scale: float, num:
                                num, mesh=None)
     x = np.asarray(x)
     seconds = time.time() - t0
-    row = {"prompt": prompt, "sampler": sampler, **score(presence, x, prompt),
+    scores = concepts.score_prompt(presence, x, prompts.parse_prompt(prompt))
+    row = {"prompt": prompt, "sampler": sampler, **scores,
            "nfe": int(stats.nfe), "seconds": seconds, "diverged": int(stats.diverged)}
     return row, x
 

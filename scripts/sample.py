@@ -4,11 +4,12 @@ A prompt to a text-conditioned model (``configs/text2image.py``), written as a s
 ``OUT/grid.png`` with ``OUT/samples.npz`` (uint8 NHWC) and ``OUT/samples.json``::
 
     python scripts/sample.py --model=runs/t2i --prompt="a red cube AND NOT a blue sphere" \
-        --sampler=hmc --num=16 --out=out/red_cube
+        --sampler=hmc --num=16 --out=out/red_cube [--judge=runs/judge]
 
 (``AND``, ``OR``, ``NOT``, ``phrase:weight``, parentheses: :mod:`compdiff.prompts`;
 ``--scale`` is the classifier-free weight; samplers use the image settings of
-:data:`compdiff.text2image.IMAGE_SAMPLERS`.) Compositions of 2D models:
+:data:`compdiff.text2image.IMAGE_SAMPLERS`; ``--judge`` scores the samples with a concept
+classifier: ``accuracy`` in the printed summary.) Compositions of 2D models:
 
     python scripts/sample.py --model=ring=runs/ring --model=bar=runs/bar \
         --composition="ring*bar" --sampler=mala --steps_per_level=10 --step=0.002 \
@@ -60,6 +61,9 @@ _COMPOSITION = flags.DEFINE_string("composition", None,
 _PROMPT = flags.DEFINE_string("prompt", None, "A prompt to the one text-conditioned --model "
                               "(then --out is a directory).")
 _SCALE = flags.DEFINE_float("scale", 3.0, "With --prompt: the classifier-free weight.")
+_JUDGE = flags.DEFINE_string("judge", None, "With --prompt: a concept classifier's work "
+                             "directory (configs/text2image_classifier.py) that scores the "
+                             "samples against the prompt.")
 _SAMPLER = flags.DEFINE_string("sampler", "mala", f"One of {samplers.names()}.")
 _STEPS = flags.DEFINE_integer("steps_per_level", 10, "Kernel steps per level.")
 _LEAPFROG = flags.DEFINE_integer("leapfrog", 3, "Leapfrog steps per HMC step.")
@@ -144,7 +148,7 @@ def _sample_prompt() -> None:
         raise app.UsageError("--prompt samples one text-conditioned model: give one --model=DIR")
     workdir = _MODELS.value[0].rpartition("=")[2]  # DIR or NAME=DIR
     summary = text2image.sample_prompt(workdir, _PROMPT.value, _SAMPLER.value, _NUM.value,
-                                       _SCALE.value, _SEED.value, _OUT.value)
+                                       _SCALE.value, _SEED.value, _OUT.value, _JUDGE.value)
     if is_main():
         print(json.dumps(summary))
         print(f"wrote {_OUT.value}/grid.png and {_OUT.value}/samples.npz")

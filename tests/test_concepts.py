@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from compdiff import concepts, train
+from compdiff import concepts, prompts, train
 from compdiff.data import captioned_scenes as cs
 from compdiff.data import examples, images
 from compdiff.models.classifier import ImageClassifier
@@ -275,3 +275,21 @@ def test_multilabel_presence_reads_each_concepts_own_output():
     probs = concepts.presence_probs(presence, np.zeros((2, 5), np.float32), pairs)
     np.testing.assert_allclose(probs, np.broadcast_to(jax.nn.sigmoid(logits), (2, 12)),
                                rtol=1e-6)
+
+
+def test_score_counts_every_requirement_and_the_fraction_met():
+    # a judge that sees exactly a red cube (0, 0) and a green sphere (1, 1) in every image
+    seen = {(0, 0), (1, 1)}
+
+    def presence(images, vectors):
+        from compdiff.data import examples
+        return np.array([float(examples.concept_of(v) in seen) for v in vectors])
+
+    x = np.zeros((3, 4, 4, 3))
+    score = lambda p: concepts.score_prompt(presence, x, prompts.parse_prompt(p))  # noqa: E731
+    assert score("a red cube AND a green sphere") == {"accuracy": 1.0, "concept_accuracy": 1.0}
+    assert score("a red cube AND a blue sphere") == {"accuracy": 0.0, "concept_accuracy": 0.5}
+    assert score("a red cube AND NOT a green sphere") == {"accuracy": 0.0,
+                                                          "concept_accuracy": 0.5}
+    assert score("a blue cube OR a green sphere") == {"accuracy": 1.0, "concept_accuracy": 1.0}
+    assert score("a blue cube AND (a yellow cube OR a red cylinder)")["accuracy"] == 0.0

@@ -9,6 +9,7 @@ import pytest
 from compdiff import text2image, train
 from compdiff.data import examples
 from configs import text2image as text2image_config
+from configs import text2image_classifier
 from tests.test_cli import assert_one_line, run_script
 
 pytest.importorskip("tokenizers")
@@ -21,6 +22,14 @@ def text_run(tmp_path_factory):
     config.data.data_dir = str(workdir / "data")
     train.train(config, str(workdir / "run"))
     return workdir / "run"
+
+
+@pytest.fixture(scope="module")
+def judge_run(text_run):
+    config = text2image_classifier.get_config("tiny")
+    config.data.data_dir = str(text_run.parent / "data")
+    train.train(config, str(text_run.parent / "judge"))
+    return text_run.parent / "judge"
 
 
 def test_caption_conditions_are_the_encoders_embeddings():
@@ -36,23 +45,31 @@ def test_caption_conditions_are_the_encoders_embeddings():
         table[rows], text.get("minilm").encode([vocabulary[i] for i in rows]).pooled, atol=1e-5)
 
 
-def test_sample_script_writes_a_grid_for_a_prompt(text_run, tmp_path):
+def test_sample_script_writes_a_grid_for_a_prompt(text_run, judge_run, tmp_path):
     out = tmp_path / "out"
     proc = run_script("sample.py", f"--model={text_run}", "--prompt=a red cube AND NOT "
-                      "a blue sphere:0.5", "--sampler=uhmc", "--num=3", f"--out={out}")
+                      "a blue sphere:0.5", "--sampler=uhmc", "--num=3", f"--out={out}",
+                      f"--judge={judge_run}")
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((out / "samples.json").read_text())
     assert summary["tree"] == "a red cube AND NOT a blue sphere:0.5" and summary["nfe"] > 0
+    # scored by the judge: 3 images, each meets both requirements or not
+    assert summary["accuracy"] in (0, 1 / 3, 2 / 3, 1)
+    assert 0 <= summary["accuracy"] <= summary["concept_accuracy"] <= 1
     with np.load(out / "samples.npz") as f:
         assert f["x"].shape == (3, *text2image.image_shape(str(text_run))) and \
             f["x"].dtype == np.uint8
     assert (out / "grid.png").stat().st_size > 0
 
 
-def test_prompt_errors_are_one_line(text_run, tmp_path):
+def test_prompt_errors_are_one_line(text_run, judge_run, tmp_path):
     proc = run_script("sample.py", f"--model={text_run}", "--prompt=a red cube AND",
                       f"--out={tmp_path}")
     assert_one_line(proc, "sample.py", "position")
+    # a prompt the judge has no rule for fails before sampling
+    proc = run_script("sample.py", f"--model={text_run}", "--prompt=NOT (a red cube OR a "
+                      "blue cube) AND a green cube", f"--judge={judge_run}", f"--out={tmp_path}")
+    assert_one_line(proc, "sample.py", "cannot score")
 
 
 def test_caption_gap_script_reports_the_three_losses(text_run):
