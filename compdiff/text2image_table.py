@@ -159,7 +159,6 @@ def summary(result: dict) -> list[dict]:
     return out
 
 
-
 MULTI_CONCEPT = ("2 AND", "3 AND", "AND NOT", "OR")
 
 
