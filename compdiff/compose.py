@@ -1,4 +1,4 @@
-"""The composition algebra over level-``t`` densities (DESIGN section 3).
+"""The composition algebra over level-``t`` densities (docs/design.md section 3).
 
 Every model, trained or analytic, is a :class:`Density`: at level ``t`` it
 gives ``log_prob(x, t)`` (unnormalized, where it has one) and

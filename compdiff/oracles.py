@@ -1,4 +1,4 @@
-"""Analytic oracle models: exact diffused densities at every level (DESIGN section 2).
+"""Analytic oracle models: exact diffused densities at every level (docs/design.md section 2).
 
 Under the VP forward process ``x_t = sqrt(abar_t) x_0 + sigma_t eps``:
 

@@ -1,4 +1,4 @@
-"""Discrete-time variance-preserving noise schedules (DESIGN section 1).
+"""Discrete-time variance-preserving noise schedules (docs/design.md section 1).
 
 Levels are ``t = 0..T``; level 0 is the data. Every table has length ``T + 1``
 and is indexed by the level itself, so ``schedule.sigma[t]`` is ``sigma_t``

@@ -1,6 +1,6 @@
 """Training library: denoising loss, Adam + EMA, orbax checkpoints that resume.
 
-The loss is the same for every parameterization (DESIGN 1):
+The loss is the same for every parameterization (docs/design.md section 1):
 
     L(theta) = E_{x_0, t ~ U{1..T}, eps ~ N(0, I)} ||eps - eps_hat_theta(x_t, t)||^2,
     x_t = sqrt(abar_t) x_0 + sigma_t eps,

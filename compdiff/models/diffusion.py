@@ -1,4 +1,4 @@
-"""Parameterizations of a network ``s = s_theta(x, t, cond)`` as a diffusion model (DESIGN 1).
+"""Diffusion parameterizations of a network ``s = s_theta(x, t, cond)`` (docs/design.md section 1).
 
 - ``eps``: ``eps_hat = s``. Score only; there is no log-density.
 - ``energy_l2``: ``E = 0.5 ||s||^2`` (RRR's choice; bounded below).
