@@ -173,3 +173,46 @@ def get(name: str, **kwargs) -> Sampler:
         if isinstance(kwargs.get(rule), (int, float)):
             kwargs[rule] = cls(float(kwargs[rule]))
     return Sampler(name=name, **kwargs)
+
+
+# --- one sampler schema: config rows, labels -------------------------------------------------
+def _field_value(default: object, value: object) -> object:
+    """A row's value for a field whose default is ``default``: a rule dataclass (``StepRule``,
+    ``MassRule``, ...) is given as a number (its first field), a sequence (positional) or a
+    mapping (by name); anything else is taken as is."""
+    if not dataclasses.is_dataclass(default) or dataclasses.is_dataclass(value):
+        return value
+    cls = type(default)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return cls(float(value))
+    if isinstance(value, (list, tuple)):
+        return cls(*value)
+    if hasattr(value, "items"):
+        return cls(**dict(value.items()))
+    raise ValueError(f"cannot read {value!r} as a {cls.__name__}")
+
+
+def from_fields(name: str, fields: dict | None = None, **overrides: object) -> Sampler:
+    """``Sampler(name, **fields)`` from a config row's plain values, for every field of
+    :class:`Sampler` alike (rules as numbers, sequences or mappings): the one reader of
+    sampler rows, so a field added to :class:`Sampler` is readable from configs at once."""
+    values = {**dict((fields or {}).items()), **overrides}
+    defaults = {f.name: (f.default_factory() if f.default is dataclasses.MISSING
+                         and f.default_factory is not dataclasses.MISSING else f.default)
+                for f in dataclasses.fields(Sampler) if f.name != "name"}
+    unknown = set(values) - set(defaults)
+    if unknown:
+        raise ValueError(f"unknown sampler option(s) {sorted(unknown)}; known: {sorted(defaults)}")
+    return Sampler(name=name, **{k: _field_value(defaults[k], v) for k, v in values.items()})
+
+
+def label(sampler: Sampler) -> str:
+    """The sampler's name in tables and file names: ``hmc``, ``hmc+smc`` (resampling on)."""
+    return sampler.name + ("+smc" if sampler.resample_ess > 0 else "")
+
+
+def needs_log_prob(name: str) -> bool:
+    """Whether kernel ``name`` needs its target's log-density (a Metropolis test, weights)."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown sampler {name!r}; known: {names()}")
+    return _REGISTRY[name].needs_log_prob
