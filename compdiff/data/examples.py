@@ -55,7 +55,11 @@ from collections.abc import Callable
 import numpy as np
 
 from compdiff.data import captioned_scenes
-from compdiff.data.images import Record, to_unit_range
+from compdiff.data.pixels import to_unit_range
+
+Record = dict[str, np.ndarray]  # one record of a tfds source
+# One record and the example's own seeded generator -> one training example.
+ExampleFn = Callable[[Record, np.random.Generator], dict[str, np.ndarray]]
 
 # Image-plane distance (in [0, 1] units) beyond which no object is centred at a query.
 NEGATIVE_RADIUS = 0.1

@@ -20,14 +20,16 @@ grain's threads and placed on the devices as one global array sharded over
 the batch axis.
 
 Images are flat vectors ``[B, H*W*C]``: the samplers, compositions and
-diagnostics work on ``[B, d]`` arrays, and the UNet reshapes internally.
+diagnostics work on ``[B, d]`` arrays, and the UNet reshapes internally. The pixel
+conversions ``to_unit_range`` / ``to_uint8`` live in :mod:`.pixels` (below the example
+functions, :mod:`.examples`, which use them) and are re-exported here.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import grain
@@ -36,19 +38,9 @@ import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding
 
-Record = dict[str, np.ndarray]
-ExampleFn = Callable[[Record, np.random.Generator], dict[str, np.ndarray]]
-
-
-def to_unit_range(image: np.ndarray) -> np.ndarray:
-    """uint8 ``[H, W, C]`` -> float32 ``[H*W*C]`` in ``[-1, 1]``."""
-    return (np.asarray(image, np.float32).reshape(-1) / 127.5) - 1.0
-
-
-def to_uint8(x: np.ndarray, image_shape: tuple[int, int, int]) -> np.ndarray:
-    """Flat ``[..., H*W*C]`` in ``[-1, 1]`` -> uint8 ``[..., H, W, C]`` (clipped)."""
-    x = np.clip((np.asarray(x, np.float32) + 1.0) * 127.5, 0, 255).round().astype(np.uint8)
-    return x.reshape(x.shape[:-1] + tuple(image_shape))
+from compdiff.data import examples
+from compdiff.data.examples import ExampleFn
+from compdiff.data.pixels import to_uint8, to_unit_range  # noqa: F401  (re-exported)
 
 
 class ImageBatches:
@@ -119,8 +111,6 @@ class ImageSource:
     def from_config(cls, data: ml_collections.ConfigDict, split: str = "train") -> ImageSource:
         """``data.source`` (a builder in :data:`BUILDERS`), ``data.builder_config``,
         ``data.data_dir`` (built there first if needed) and ``data.example``."""
-        from compdiff.data import examples  # examples imports this module
-
         if data.source not in BUILDERS:
             raise ValueError(f"unknown data.source {data.source!r}; known: {sorted(BUILDERS)}")
         data_dir = os.path.abspath(os.path.expanduser(data.data_dir))
