@@ -21,12 +21,23 @@ flag, or ``PJRT_NPROC`` / ``NPROC`` in the environment. Nothing happens when
 the run may use an accelerator (``JAX_PLATFORMS`` names one, or one is
 installed and no platform is named). ``PJRT_NPROC`` is left alone when the
 process asks for several CPU devices, and the device count is never changed.
+
+Separately, and by default: :func:`avoid_cpu_scheduler_deadlock` (called when
+``compdiff`` is imported) turns off XLA's concurrency-optimized CPU scheduler.
+On this 2-core machine with jaxlib 0.10.2 it deadlocks some scans: annealed
+ULA on a full-covariance 128-dimensional ``GaussianMixture`` oracle (10
+chains, 10 levels, one step per level) left every thread waiting on a futex
+forever, while the same program finished in 2 s pinned to one core or with
+``--xla_cpu_enable_concurrency_optimized_scheduler=false``
+(``tests/test_hang.py`` runs it in a subprocess with a timeout).
 """
 
 from __future__ import annotations
 
+import glob
 import importlib.metadata
 import importlib.util
+import mmap
 import os
 import pkgutil
 import re
@@ -37,6 +48,40 @@ import jax
 OPT_IN = "COMPDIFF_CPU_THREADS"
 XLA_CPU_FLAGS = {"xla_cpu_multi_thread_eigen": "false"}
 THREADS_ENV = "PJRT_NPROC"
+DEADLOCK_FLAG = "xla_cpu_enable_concurrency_optimized_scheduler"
+
+
+def _jaxlib_knows(flag: str) -> bool:
+    """Whether this jaxlib's binaries define ``flag``: XLA aborts on an unknown ``XLA_FLAGS``
+    entry, and the scheduler flag is newer than the oldest jaxlib we support."""
+    import jaxlib
+
+    needle = flag.encode()
+    for path in glob.glob(os.path.join(os.path.dirname(jaxlib.__file__), "*.so")):
+        with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size == 0:
+                continue
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as binary:
+                if binary.find(needle) >= 0:
+                    return True
+    return False
+
+
+def avoid_cpu_scheduler_deadlock() -> bool:
+    """Adds ``--xla_cpu_enable_concurrency_optimized_scheduler=false`` to ``XLA_FLAGS``.
+
+    Returns whether it did. Nothing changes when the user set the flag, when the
+    backend has already started (flags are read once), or when this jaxlib does
+    not know the flag.
+    """
+    from jax._src import xla_bridge  # no public way to ask without starting the backend
+
+    xla_flags = os.environ.get("XLA_FLAGS", "")
+    if (DEADLOCK_FLAG in _flag_names(xla_flags) or xla_bridge.backends_are_initialized()
+            or not _jaxlib_knows(DEADLOCK_FLAG)):
+        return False
+    os.environ["XLA_FLAGS"] = f"{xla_flags.strip()} --{DEADLOCK_FLAG}=false".strip()
+    return True
 
 _warned = False
 
