@@ -255,6 +255,11 @@ def _evaluate_tree(root: Node, x: Array, t: Array, what: str) -> Any:
     evaluated once for the strongest need, ``log_prob_and_score``, and each
     member takes its part.
     """
+    return _fold(root, what, iter(_leaf_parts(root, x, t, what)))
+
+
+def _leaf_parts(root: Node, x: Array, t: Array, what: str) -> list:
+    """Every leaf's part of ``root``'s ``what``, one batched call per group of shared networks."""
     leaves, needs = composition_leaves(root), _leaf_needs(root, what)
     parts: list = [None] * len(leaves)
     for group in root.groups:
@@ -263,9 +268,15 @@ def _evaluate_tree(root: Node, x: Array, t: Array, what: str) -> Any:
         need = member_needs.pop() if len(member_needs) == 1 else BOTH
         for i, part in zip(group, type(members[0]).evaluate_together(members, x, t, need)):
             parts[i] = _narrow(part, need, needs[i])
-    parts = [getattr(leaf, n)(x, t) if p is None else p
-             for leaf, n, p in zip(leaves, needs, parts)]
-    return _fold(root, what, iter(parts))
+    return [getattr(leaf, n)(x, t) if p is None else p
+            for leaf, n, p in zip(leaves, needs, parts)]
+
+
+def child_parts(node: Node, x: Array, t: Array, what: str) -> list:
+    """Each child's ``what`` of ``node`` from the same batched leaf calls as ``node``'s own
+    (a Feynman-Kac weight needs a product's factor scores, not only their sum)."""
+    leaf_parts, need = iter(_leaf_parts(node, x, t, what)), node.child_need(what)
+    return [_fold(child, need, leaf_parts) for child in node.children]
 
 
 @flax.struct.dataclass

@@ -55,7 +55,10 @@ def test_reverse_diffusion_on_the_product_is_measurably_wrong(product_runs):
     x, stats = runs["reverse"]
     assert min_ks_pvalue(x, reference) < 1e-5
     assert mode_weights_tv(x, target) > 0.06
-    assert stats.log_weights is None and np.all(np.isnan(stats.accept))
+    assert np.all(np.isnan(stats.accept))
+    # It carries SMC weights (the reverse step as a proposal); left unused, they show
+    # how far off the chains are.
+    assert float(stats.ess[0]) < 0.9 * stats.num
 
 
 def _check_against_grid(target_density, sampler, schedule, seed=0):

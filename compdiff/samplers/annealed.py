@@ -13,7 +13,9 @@ Annealed importance weights (Neal 2001) accumulate for free when the target
 has a log-density: ``log w = log pi_T(x_T) - log N(x_T; 0, I) +
 sum_t [log pi_{t-1}(x) - log pi_t(x)]`` evaluated where the chain stands when
 the level changes. They are unbiased only for ``pi_t``-invariant kernels
-(MALA, HMC) without reverse steps; :func:`sample` returns ``None`` otherwise.
+(MALA, HMC, or none); a reverse step into a level is then an SMC proposal
+whose exact correction the driver adds (``samplers/weights.py``, derived in
+docs/smc.md). :func:`sample` returns ``None`` for unadjusted kernels.
 The evaluation on entering a level follows the kernels' finiteness rule
 (:func:`kernels.evaluate_finite`): a chain whose log-density there is NaN or
 ``+inf`` gets zero weight, and a weight that is not finite counts as zero, so
@@ -47,9 +49,10 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from compdiff import compose
 from compdiff.compose import Density
-from compdiff.samplers import equal_cost, kernels
-from compdiff.samplers.registry import Sampler, StepRule
+from compdiff.samplers import equal_cost, kernels, weights
+from compdiff.samplers.registry import ADAPT_RATE, Sampler, StepRule
 from compdiff.schedules import Schedule
 
 Array = jnp.ndarray
@@ -65,8 +68,9 @@ class SampleStats:
     the end of the level. ``ess``: effective sample size of the importance
     weights on entering the level, before any resampling (NaN without weights).
     ``log_weights`` [num] and ``log_normalizer`` (the estimate of ``log Z_1``)
-    are ``None`` where the weights are undefined. ``nfe``: gradient
-    evaluations per chain.
+    are ``None`` where the weights are undefined. ``step``: the kernel's step
+    size on entering the level (adapted or from the rule; NaN without a
+    kernel). ``nfe``: gradient evaluations per chain.
     """
 
     accept: Array
@@ -75,6 +79,7 @@ class SampleStats:
     ess: Array
     log_weights: Array | None
     log_normalizer: Array | None
+    step: Array | None = None
     nfe: int = flax.struct.field(pytree_node=False, default=0)
     num: int = flax.struct.field(pytree_node=False, default=0)
 
@@ -101,6 +106,8 @@ class SampleStats:
                            else float(self.ess[0]) / max(self.num, 1)),
             "log_normalizer": (None if self.log_normalizer is None
                                else float(self.log_normalizer)),
+            "step_level1": (None if self.step is None or not np.isfinite(self.step[0])
+                            else float(self.step[0])),
             "nfe": self.nfe,
         }
 
@@ -113,46 +120,40 @@ def _level_tables(sampler: Sampler, schedule: Schedule, step_scale: Array):
     return step, mass
 
 
-def finite_log_weights(log_w: Array) -> Array:
-    """Non-finite log-weights (NaN, ``+inf``) become ``-inf``: zero weight."""
-    return jnp.where(jnp.isfinite(log_w), log_w, -jnp.inf)
-
-
-def effective_sample_size(log_w: Array) -> Array:
-    """``(sum w)^2 / sum w^2`` of unnormalized log-weights; 0 when every weight is zero."""
-    log_w = finite_log_weights(log_w)
-    lse = jax.nn.logsumexp(log_w)
-    ess = jnp.exp(2 * lse - jax.nn.logsumexp(2 * log_w))
-    return jnp.where(jnp.isfinite(lse), ess, 0.0)
-
-
-def _maybe_resample(state: kernels.ChainState, log_w: Array, key: Array, threshold: float,
-                    force: Array, constrain):
-    """Systematic resampling when the ESS drops below ``threshold * num``.
-
-    Resampled chains carry the mean weight, so ``logmeanexp(log_w)`` stays an
-    estimate of the log normalizer ratio. With every weight zero the ESS is 0
-    and the caller raises. Returns ``(state, log_w, ess)``.
-    """
-    num = log_w.shape[0]
-    log_w = finite_log_weights(log_w)
-    ess = effective_sample_size(log_w)
-    # Uniform when every weight is zero, so the indices stay defined until the caller raises.
-    cdf = jnp.cumsum(jax.nn.softmax(jnp.where(ess > 0, log_w, 0.0)))
-    positions = (jax.random.uniform(key) + jnp.arange(num)) / num
-    idx = jnp.minimum(jnp.searchsorted(cdf, positions), num - 1)
-    resampled = jax.tree_util.tree_map(lambda a: constrain(a[idx]), state)
-    log_mean = jax.nn.logsumexp(log_w) - jnp.log(num)
-    do = force | (ess < threshold * num)
-    state = jax.tree_util.tree_map(lambda a, b: jnp.where(do, a, b), resampled, state)
-    return state, jnp.where(do, jnp.full_like(log_w, log_mean), log_w), ess
-
-
 def _health(state: kernels.ChainState, escape: float) -> tuple[Array, Array]:
     """``(non-finite chains, escaped chains)`` of a batch, as int32 counts."""
     finite = kernels._finite_rows(state.x, state.grad) & ~jnp.isnan(state.log_prob)
     escaped = finite & (jnp.max(jnp.abs(jnp.where(finite[:, None], state.x, 0.0)), -1) > escape)
     return jnp.sum(~finite).astype(jnp.int32), jnp.sum(escaped).astype(jnp.int32)
+
+
+def _evaluate_level(target: Density, x: Array, t: Array, fkc: bool):
+    """``(log pi_t, grad log pi_t, FKC increment or 0)`` at level ``t``.
+
+    With ``fkc`` and a product target, the factors' scores come from the same
+    leaf evaluations as the product's (``compose.child_parts``).
+    """
+    if fkc and isinstance(target, compose.Product):
+        scores = compose.child_parts(target, x, t, compose.SCORE)
+        grad = sum(w * s for w, s in zip(target.weights, scores))
+        log_prob = jnp.zeros(x.shape[:1], x.dtype)
+        return log_prob, grad, weights.fkc_increment(scores, target.weights, 1.0)
+    if target.has_log_prob:
+        log_prob, grad, _ = kernels.evaluate_finite(target, x, t)
+    else:  # no density to zero: a score-only chain shows its divergence as it is
+        log_prob, grad = kernels.evaluate(target, x, t)
+    # One model alone has no Feynman-Kac correction: its reverse step is the diffusion's own.
+    return log_prob, grad, jnp.zeros(x.shape[:1], x.dtype) if fkc else None
+
+
+def _reference(target: Density, schedule: Schedule, z: Array, matched: bool):
+    """Chains at the reference ``N(0, c I)`` and its log-density; ``c = 1`` unless ``matched``."""
+    c = jnp.float32(1.0)
+    if matched:
+        grad = kernels.evaluate(target, z, jnp.int32(schedule.num_levels))[1]
+        c = jnp.sum(z * z) / jnp.maximum(-jnp.sum(z * grad), 1e-6 * jnp.sum(z * z))
+    x = z * jnp.sqrt(c)
+    return x, weights.log_normal(x, 0.0, c)
 
 
 def _run(target: Density, schedule: Schedule, key: Array, step_scale: Array, *,
@@ -163,61 +164,76 @@ def _run(target: Density, schedule: Schedule, key: Array, step_scale: Array, *,
     step, mass = _level_tables(sampler, schedule, step_scale)
     kernel = sampler.spec.kernel
     reverse = kernel is None or sampler.reverse_first
+    track_weights = (target.has_log_prob and sampler.invariant) or sampler.fkc
 
     k_x, k_v = jax.random.split(jax.random.fold_in(key, 0))
-    x = constrain(jax.random.normal(k_x, (num, target.dim)))
+    z = constrain(jax.random.normal(k_x, (num, target.dim)))
     v = constrain(jax.random.normal(k_v, (num, target.dim)) * jnp.sqrt(mass[num_levels]))
-    # The cache starts as the N(0, I) reference "level T + 1", so entering
-    # level T is an ordinary level change for the importance weights.
-    log_ref = -0.5 * jnp.sum(x * x, -1) - 0.5 * target.dim * math.log(2 * math.pi)
+    # The cache starts as the reference "level T + 1", so entering level T is
+    # an ordinary level change for the importance weights.
+    x, log_ref = _reference(target, schedule, z, sampler.matched_reference)
     state = kernels.ChainState(x=x, v=v, log_prob=log_ref, grad=-x)
 
     def level(carry, t):
-        state, log_w = carry
+        state, log_w, log_scale = carry
         level_key = jax.random.fold_in(key, t)
         x = state.x
+        t_from = jnp.minimum(t + 1, num_levels)
         if reverse:
             stepped = kernels.reverse_step(state, jax.random.fold_in(level_key, 1 << 20),
-                                           jnp.minimum(t + 1, num_levels), schedule)
+                                           t_from, schedule)
             x = jnp.where(t < num_levels, stepped, x)
-        if target.has_log_prob:
-            log_prob, grad, _ = kernels.evaluate_finite(target, x, t)
-        else:  # no density to zero: a score-only chain shows its divergence as it is
-            log_prob, grad = kernels.evaluate(target, x, t)
-        # -inf - (-inf) is NaN: a chain at zero weight stays at zero weight.
-        log_w = finite_log_weights(log_w + log_prob - state.log_prob)
+        log_prob, grad, fkc_term = _evaluate_level(target, x, t, sampler.fkc)
+        if fkc_term is not None:
+            # The increment of the reverse step about to leave level t, taken now:
+            # a function of the chain at level t, so resampling may use it at once.
+            log_w = log_w + fkc_term * schedule.beta[t]
+        elif track_weights:
+            # -inf - (-inf) is NaN: a chain at zero weight stays at zero weight.
+            log_w = log_w + log_prob - state.log_prob
+            if reverse:
+                correction = weights.reverse_proposal_correction(state.x, state.grad, x, t_from,
+                                                                 schedule)
+                log_w = log_w + jnp.where(t < num_levels, correction, 0.0)
+        log_w = weights.finite_log_weights(log_w)
         state = kernels.ChainState(x=x, v=state.v * jnp.sqrt(mass[t] / mass[t + 1]),
                                    log_prob=log_prob, grad=grad)
         if sampler.resample_ess > 0:
             # Always resample entering level 1, so the returned (unweighted)
             # chains carry the weights; its kernel steps then spread duplicates.
-            force = t == 1
-            state, log_w, ess = _maybe_resample(
+            state, log_w, ess = weights.resample(
                 state, log_w, jax.random.fold_in(level_key, 1 << 21), sampler.resample_ess,
-                force, constrain)
+                t == 1, constrain)
         else:
-            ess = effective_sample_size(log_w)
+            ess = weights.effective_sample_size(log_w)
         if kernel is None:
-            return (state, log_w), (jnp.nan, *_health(state, escape), ess)
-        params = kernels.LevelParams(t=t, step_size=step[t], mass=mass[t],
-                                     damping=jnp.float32(sampler.damping),
-                                     leapfrog=sampler.leapfrog)
+            return (state, log_w, log_scale), (jnp.nan, *_health(state, escape), ess, jnp.nan)
+        level_step = step[t] * jnp.exp(log_scale)
 
-        def kernel_step(state, k):
+        def kernel_step(carry, k):
+            state, log_scale = carry
+            params = kernels.LevelParams(t=t, step_size=step[t] * jnp.exp(log_scale),
+                                         mass=mass[t], damping=jnp.float32(sampler.damping),
+                                         leapfrog=sampler.leapfrog)
             state, prob = kernel(target, state, jax.random.fold_in(level_key, k), params)
             state = jax.tree_util.tree_map(constrain, state)
-            return state, jnp.mean(prob)
+            if sampler.adapt > 0:  # from the population's acceptance, so no chain is favoured
+                log_scale = log_scale + ADAPT_RATE * (jnp.mean(prob) - sampler.adapt)
+            return (state, log_scale), jnp.mean(prob)
 
-        state, probs = jax.lax.scan(kernel_step, state, jnp.arange(sampler.steps_per_level))
-        return (state, log_w), (jnp.mean(probs), *_health(state, escape), ess)
+        (state, log_scale), probs = jax.lax.scan(kernel_step, (state, log_scale),
+                                                 jnp.arange(sampler.steps_per_level))
+        return ((state, log_w, log_scale),
+                (jnp.mean(probs), *_health(state, escape), ess, level_step))
 
     levels = jnp.arange(num_levels, 0, -1)
-    (state, log_w), per_level = jax.lax.scan(level, (state, jnp.zeros(num)), levels)
+    init = (state, jnp.zeros(num), jnp.float32(0.0))
+    (state, log_w, _), per_level = jax.lax.scan(level, init, levels)
     x = state.x
     if denoise:
         x = kernels.reverse_step(state, jax.random.fold_in(key, 0), jnp.int32(1), schedule)
-    accept, nonfinite, escaped, ess = (a[::-1] for a in per_level)
-    return x, accept, nonfinite, escaped, ess, log_w
+    accept, nonfinite, escaped, ess, steps = (a[::-1] for a in per_level)
+    return x, accept, nonfinite, escaped, ess, log_w, steps
 
 
 _run_jit = jax.jit(_run, static_argnames=("sampler", "num", "denoise", "escape", "mesh"))
@@ -243,8 +259,8 @@ def _validate(target: Density, sampler: Sampler, schedule: Schedule, num: int,
         raise TypeError(f"sampler must come from samplers.get(...), got {type(sampler).__name__}")
     if sampler.spec.needs_log_prob:
         target.require_log_prob(f"the Metropolis-adjusted sampler {sampler.name!r}")
-    if sampler.resample_ess > 0:
-        target.require_log_prob("resampling by annealed importance weights")
+    if sampler.resample_ess > 0 and not sampler.fkc:
+        target.require_log_prob("resampling by importance weights")
     step, mass = (np.asarray(a) for a in _level_tables(sampler, schedule, sampler.step.a))
     if not (np.all(np.isfinite(step[1:])) and np.all(step[1:] > 0)):
         raise ValueError(f"sampler {sampler.name!r}: step sizes must be finite and positive, "
@@ -281,12 +297,12 @@ def sample(target: Density, sampler: Sampler, schedule: Schedule, key: Array, nu
         _validate(target, sampler, schedule, num, mesh)
         target, schedule = equal_cost.last_levels(target, schedule, sampler.budget)
     _validate(target, sampler, schedule, num, mesh)
-    x, accept, nonfinite, escaped, ess, log_w = _run_jit(
+    x, accept, nonfinite, escaped, ess, log_w, steps = _run_jit(
         target, schedule, key, jnp.float32(sampler.step.a), sampler=sampler, num=num,
         denoise=denoise, escape=float(escape), mesh=mesh)
-    weights_valid = (target.has_log_prob and sampler.spec.needs_log_prob
-                     and not sampler.reverse_first)
-    if weights_valid and sampler.resample_ess > 0:
+    # FKC weights drop a constant per level: they resample, but estimate no log Z.
+    weights_valid = target.has_log_prob and sampler.invariant and not sampler.fkc
+    if (weights_valid or sampler.fkc) and sampler.resample_ess > 0:
         dead = np.flatnonzero(np.asarray(ess) == 0)
         if dead.size:
             raise ValueError(
@@ -296,11 +312,12 @@ def sample(target: Density, sampler: Sampler, schedule: Schedule, key: Array, nu
     log_normalizer = (jax.nn.logsumexp(log_w) - math.log(num)) if weights_valid else None
     if not sampler.spec.needs_log_prob:  # no Metropolis test: nothing was accepted or rejected
         accept = jnp.full_like(accept, jnp.nan)
+    has_ess = weights_valid or sampler.fkc
     stats = SampleStats(accept=accept, nonfinite=nonfinite, escaped=escaped,
-                        ess=ess if weights_valid else jnp.full_like(ess, jnp.nan),
+                        ess=ess if has_ess else jnp.full_like(ess, jnp.nan),
                         log_weights=log_w if weights_valid else None,
-                        log_normalizer=log_normalizer, nfe=sampler.nfe(schedule.num_levels),
-                        num=num)
+                        log_normalizer=log_normalizer, step=steps,
+                        nfe=sampler.nfe(schedule.num_levels), num=num)
     _warn_if_diverged(stats, sampler, escape)
     return x, stats
 

@@ -38,6 +38,9 @@ class MassRule:
         return self.c * np.asarray(beta, np.float64) ** self.p
 
 
+ADAPT_RATE = 1.0  # log-step change per unit of acceptance error, per kernel step
+
+
 @dataclasses.dataclass(frozen=True)
 class KernelSpec:
     kernel: kernels.Kernel | None  # None: the reverse-diffusion baseline, no kernel steps
@@ -87,6 +90,26 @@ class Sampler:
     ``budget`` levels (:func:`~compdiff.samplers.equal_cost_levels` picks the
     schedule whose last ``budget`` levels end at a given noise level).
 
+    Weights exist when every move is accounted for: the kernel leaves each
+    level's target invariant (MALA, HMC) or there is none, and the target has
+    a log-density; a reverse step into a level is then an SMC proposal with
+    its exact correction (``samplers/weights.py``). ``fkc=True`` gives the
+    ``reverse`` sampler Feynman-Kac corrector weights instead, for score-only
+    weighted products (an approximation; docs/smc.md).
+
+    ``adapt`` in (0, 1) sets the Metropolis kernels' steps inside the run: the
+    step is ``StepRule(beta_t) * exp(s)``, and after every kernel step ``s``
+    moves by ``ADAPT_RATE * (mean acceptance - adapt)``, from the population's
+    acceptance, carried from level to level (``stats.step`` records it).
+    ``adapt = 0`` keeps the fixed rule ``a * beta_t ** b`` (RRR). Targets: about
+    0.6 for MALA, 0.65-0.8 for HMC.
+
+    ``matched_reference`` starts the chains from ``N(0, c I)`` instead of
+    ``N(0, I)``, with ``c`` matched to the level-``T`` target by one score
+    evaluation (``c = sum |z|^2 / sum -<z, s_T(z)>``): a product of ``n``
+    models is ``N(0, I / n)`` at level ``T``, and starting it from ``N(0, I)``
+    puts an importance weight of variance ``~ d (n - 1)^2 / 2`` on every chain.
+
     ``damping`` defaults to 0.5, chosen by ``scripts/damping.py``: annealed
     HMC on an exact Gaussian and on the exact ring x bar product, 3 and 10
     kernel steps per level. RRR's image value 0.9 under-dissipates with few
@@ -104,6 +127,9 @@ class Sampler:
     reverse_first: bool = False
     resample_ess: float = 0.0
     budget: int = 0
+    adapt: float = 0.0
+    fkc: bool = False
+    matched_reference: bool = False
 
     def __post_init__(self):
         if self.name not in _REGISTRY:
@@ -114,15 +140,21 @@ class Sampler:
                 or not 0.0 <= self.resample_ess <= 1.0):
             raise ValueError(f"resample_ess must be a number in [0, 1] (0: no resampling), "
                              f"got {self.resample_ess!r}")
-        if self.resample_ess > 0 and not self.spec.needs_log_prob:
+        if self.resample_ess > 0 and not (self.invariant or self.fkc):
             raise ValueError(
                 f"sampler {self.name!r} cannot resample (resample_ess={self.resample_ess}): "
-                "resampling weighs chains by annealed importance weights, which are valid "
-                f"only for kernels that leave each level's target invariant (mala, hmc); "
-                f"{self.name!r} is unadjusted, so its weights are undefined")
-        if self.resample_ess > 0 and self.reverse_first:
-            raise ValueError("resampling needs importance weights, which reverse steps do not "
-                             "have; use resample_ess=0 with reverse_first=True")
+                "resampling weighs chains by importance weights, which are valid only for "
+                "kernels that leave each level's target invariant (mala, hmc) or none "
+                f"(reverse); {self.name!r} is unadjusted, so its weights are undefined")
+        if isinstance(self.adapt, bool) or not 0.0 <= self.adapt < 1.0:
+            raise ValueError(f"adapt is a target acceptance in (0, 1) (0: fixed steps), "
+                             f"got {self.adapt!r}")
+        if self.adapt > 0 and not self.spec.needs_log_prob:
+            raise ValueError(f"sampler {self.name!r} has no acceptance rate to adapt its step "
+                             "to; adapt needs a Metropolis-adjusted kernel (mala, hmc)")
+        if self.fkc and self.spec.kernel is not None:
+            raise ValueError("fkc (Feynman-Kac corrector weights) is for the reverse sampler: "
+                             f"{self.name!r}'s kernel moves would need weights of their own")
         if (self.name == "reverse_equal") != (self.budget > 0):
             raise ValueError("budget (score evaluations per chain) is for the reverse_equal "
                              f"sampler alone and it needs one >= 1; got {self.name!r} with "
@@ -144,6 +176,11 @@ class Sampler:
         return _REGISTRY[self.name]
 
     @property
+    def invariant(self) -> bool:
+        """Whether every kernel move leaves its level's target invariant (or there is none)."""
+        return self.spec.kernel is None or self.spec.needs_log_prob
+
+    @property
     def num_kernel_steps(self) -> int:
         return 0 if self.spec.kernel is None else self.steps_per_level
 
@@ -160,7 +197,8 @@ class Sampler:
         """
         if self.name == "reverse_equal":
             return self.budget
-        return num_levels * (1 + self.num_kernel_steps * self.grads_per_step)
+        return (num_levels * (1 + self.num_kernel_steps * self.grads_per_step)
+                + int(self.matched_reference))
 
 
 def get(name: str, **kwargs) -> Sampler:
