@@ -2,13 +2,13 @@
 
 A config module (``configs/X.py``) declares a sweep next to its ``get_config``:
 
-    SWEEP_SCRIPT = "scripts/table2d.py"       # the entrypoint run once per point
+    SWEEP_SCRIPT = "scripts/run.py"           # the entrypoint run once per point
     SWEEP_METRICS = "table2d.json"            # its final metrics file, in the point's workdir
     SWEEP_METRIC_KEYS = ("ll", "mmd")         # optional: the table's metric columns, in order
 
     def get_sweep(name: str) -> list[dict]:   # override dicts, dotted keys -> values
-        return sweep.product(sweep.values("samplers.hmc.step_a", (0.01, 0.03)),
-                             sweep.values("samplers.hmc.damping", (0.0, 0.5)))
+        return sweep.product(sweep.values("samplers.hmc.sampler.step.a", (0.01, 0.03)),
+                             sweep.values("samplers.hmc.sampler.damping", (0.0, 0.5)))
 
 The helpers build lists of override dicts: :func:`values` (one key), :func:`fixed_point`
 (one point), :func:`product` (Cartesian product: every combination, the last

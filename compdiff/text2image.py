@@ -10,46 +10,63 @@ distinct phrase encoded once by the same tower, and any annealed sampler samples
     target = prompt_density(model, encoder, "a red cube AND NOT a blue sphere", scale=3.0)
     x, stats = samplers.sample(target, image_sampler("hmc"), model.schedule, key, 16)
 
-:data:`IMAGE_SAMPLERS` holds the samplers' image settings (those of the CLEVR and guidance
-tables at CPU scale: one reverse step into each level, then one kernel step; step sizes
-relative to ``beta_t``), so ``scripts/sample.py --prompt`` needs only a sampler name.
+:data:`IMAGE_SAMPLERS` holds the samplers with their image settings (those of the CLEVR and
+guidance tables at CPU scale: one reverse step into each level, then one kernel step; step
+sizes relative to ``beta_t``; the Metropolis-adjusted kernels also with SMC resampling
+instead of the reverse step), by their registry labels (``hmc``, ``hmc+smc``), so
+``scripts/sample.py --prompt`` needs only a sampler name.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any
 
 import jax
-import ml_collections
 import numpy as np
 
 from compdiff import concepts, distributed, image_grids, prompts, samplers, text, train
-from compdiff.clevr_table import make_sampler
 from compdiff.compose import Density
 from compdiff.data import images as image_data
 from compdiff.models.diffusion import DiffusionModel
 
-IMAGE_SAMPLERS: dict[str, dict[str, Any]] = {
+# Kernel settings at CPU scale: step a of a * beta_t, one kernel step per level.
+_IMAGE_SETTINGS: dict[str, dict[str, Any]] = {
     "reverse": {},
-    "ula": dict(steps_per_level=1, step=0.035),
-    "mala": dict(steps_per_level=1, step=0.035),
-    "uhmc": dict(steps_per_level=1, leapfrog=1, step=0.1, damping=0.5),
-    "hmc": dict(steps_per_level=1, leapfrog=1, step=0.1, damping=0.5),
+    "ula": dict(step=0.035),
+    "mala": dict(step=0.035),
+    "uhmc": dict(step=0.1, leapfrog=1, damping=0.5),
+    "hmc": dict(step=0.1, leapfrog=1, damping=0.5),
 }
 
 
+def _image_samplers() -> dict[str, samplers.Sampler]:
+    out = {}
+    for name, settings in _IMAGE_SETTINGS.items():
+        if not settings:
+            variants = [samplers.registry.from_fields(name)]
+        else:
+            base = dict(settings, step=(settings["step"], 1.0), mass=(1.0, 1.0),
+                        steps_per_level=1)
+            variants = [samplers.registry.from_fields(name, base, reverse_first=True)]
+            if samplers.registry.needs_log_prob(name):  # SMC weights need invariant kernels
+                variants.append(samplers.registry.from_fields(name, base, resample_ess=0.5))
+        out.update({samplers.registry.label(s): s for s in variants})
+    return out
+
+
+IMAGE_SAMPLERS: dict[str, samplers.Sampler] = _image_samplers()
+
+
 def image_sampler(name: str, **overrides: Any) -> samplers.Sampler:
-    """Sampler ``name`` with the image settings of :data:`IMAGE_SAMPLERS` (and overrides)."""
-    base = name.removesuffix("+smc")
-    if base not in IMAGE_SAMPLERS:
-        raise ValueError(f"unknown image sampler {name!r}; known: "
-                         f"{sorted(IMAGE_SAMPLERS)} (and mala+smc, hmc+smc)")
-    spec = {"sampler": base, **IMAGE_SAMPLERS[base], **overrides}
-    if name.endswith("+smc"):
-        spec["resample_ess"] = 0.5
-    return make_sampler(ml_collections.ConfigDict(spec))
+    """The image sampler labelled ``name`` (:data:`IMAGE_SAMPLERS`), with ``overrides`` of its
+    :class:`~compdiff.samplers.Sampler` fields."""
+    if name not in IMAGE_SAMPLERS:
+        raise ValueError(f"unknown image sampler {name!r}; known: {sorted(IMAGE_SAMPLERS)}")
+    sampler = IMAGE_SAMPLERS[name]
+    return dataclasses.replace(sampler, **overrides) if overrides else sampler
 
 
 def load(workdir: str) -> tuple[DiffusionModel, text.TextEncoder]:

@@ -42,7 +42,8 @@ from absl import flags
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ml_collections import config_flags
 
-from compdiff import benchmarking, cli, compose, distributed, table2d, train
+from compdiff import benchmarking, cli, compose, distributed, train
+from compdiff.experiments.common import cpu_name, machine
 from compdiff.models.diffusion import DiffusionModel, classifier_free_product
 from compdiff.runtime import configure_cpu
 
@@ -222,7 +223,7 @@ def main(argv):
     ks = [int(k) for k in _KS.value]
     m = config.model
     results = {
-        "machine": table2d.machine(), "cpu": table2d._cpu_name(), "cores": os.cpu_count(),
+        "machine": machine(), "cpu": cpu_name(), "cores": os.cpu_count(),
         "jax": jax.__version__, "device": str(jax.devices()[0]),
         "loadavg_at_start": [round(v, 2) for v in load], "batch": batch, "repeats": repeats,
         "level": _level(config.schedule.num_levels),

@@ -41,7 +41,8 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
-from compdiff import benchmarking, cli, distributed, samplers, schedules, table2d, train
+from compdiff import benchmarking, cli, distributed, samplers, schedules, train
+from compdiff.experiments.common import machine
 from compdiff.models.mlp import NORMS
 from compdiff.runtime import configure_cpu
 from configs import toy2d
@@ -212,7 +213,7 @@ def _suite(energy, eps, schedule, batch: int, levels: int, steps: int, repeats: 
     mlp_roof = benchmarking.matmul_flops_per_second(batch, 128, repeats, chain=200)
 
     results = {
-        "machine": table2d.machine(),
+        "machine": machine(),
         "batch": batch, "levels": levels, "steps_per_level": steps,
         "energy_over_eps_seconds": energy_seconds / eps_seconds,
         "energy_over_eps_flops": flops_per_eval / eps_flops,
@@ -262,7 +263,7 @@ def main(argv):
     if _SMALL_ONLY.value:
         if not _SMALL.value:
             raise app.UsageError("--small_only needs --small=BATCH[,BATCH...]")
-        results = {"machine": table2d.machine(), "setting": setting}
+        results = {"machine": machine(), "setting": setting}
         print(f"{results['machine']}\nsetting: {setting}")
         results["small"] = _small(energy)
         _write(results)

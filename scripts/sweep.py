@@ -1,6 +1,7 @@
 """Runs a sweep declared in a config file: one subprocess per point, resumable, collated.
 
-    python scripts/sweep.py --config=configs/table2d.py:paper --sweep=hmc_step_damping \
+    python scripts/sweep.py --config=configs/experiments/table2d.py:paper \
+        --sweep=hmc_step_damping \
         --workdir=runs/sweep_hmc [--parallel=2]
     python scripts/sweep.py ... --print_commands [--launcher='./launch_tpu.sh --name=...']
 

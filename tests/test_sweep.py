@@ -96,36 +96,40 @@ def test_bad_sweeps_fail_before_running(tmp_path, name, message):
 
 
 def test_table2d_sweeps_resolve_and_print_launch_commands():
-    spec = sweep.resolve(os.path.join(ROOT, "configs", "table2d.py") + ":paper",
+    spec = sweep.resolve(os.path.join(ROOT, "configs", "experiments", "table2d.py") + ":paper",
                          "hmc_step_damping")
-    assert spec.swept == ("samplers.hmc.step_a", "samplers.hmc.damping")
-    assert len(spec.points) == 12 and spec.script.endswith("scripts/table2d.py")
+    assert spec.swept == ("samplers.hmc.sampler.step.a", "samplers.hmc.sampler.damping")
+    assert len(spec.points) == 12 and spec.script.endswith("scripts/run.py")
     lines = sweep.launch_commands(spec, "gs://bucket/sweep/", launcher="./launch_tpu.sh --reuse")
     assert len(lines) == 12
     launcher, _, cmd = lines[0].partition(" -- ")
     assert launcher == "./launch_tpu.sh --reuse"
     assert shlex.split(cmd) == [
-        "python", "scripts/table2d.py", "--config=configs/table2d.py:paper",
-        "--workdir=gs://bucket/sweep/step_a=0.01,damping=0.0", '--config.models=("oracle",)',
+        "python", "scripts/run.py", "--config=configs/experiments/table2d.py:paper",
+        "--workdir=gs://bucket/sweep/a=0.01,damping=0.0", '--config.models=("oracle",)',
         '--config.composition_names=("product",)', '--config.sampler_names=("hmc",)',
-        "--config.samplers.hmc.step_a=0.01", "--config.samplers.hmc.damping=0.0"]
+        "--config.samplers.hmc.sampler.step.a=0.01",
+        "--config.samplers.hmc.sampler.damping=0.0"]
 
 
 # --- running ----------------------------------------------------------------------------------
+TABLE2D_QUICK = os.path.join("configs", "experiments", "table2d.py") + ":quick"
+
+
 def test_table2d_smoke_sweep_end_to_end(tmp_path):
     """The real entrypoint: two HMC step sizes on the oracle product, scored and collated."""
     workdir = tmp_path / "smoke"
-    result = _run_sweep(os.path.join("configs", "table2d.py") + ":quick", "smoke", workdir)
+    result = _run_sweep(TABLE2D_QUICK, "smoke", workdir)
     assert result.returncode == 0, result.stderr[-2000:]
     rows = _csv(workdir)
-    assert [r["samplers.hmc.step_a"] for r in rows] == ["0.03", "0.1"]
-    assert list(rows[0])[:3] == ["samplers.hmc.step_a", "ll", "ll_exact"]
+    assert [r["samplers.hmc.sampler.step.a"] for r in rows] == ["0.03", "0.1"]
+    assert list(rows[0])[:3] == ["samplers.hmc.sampler.step.a", "ll", "ll_exact"]
     for r in rows:
         assert float(r["ll"]) < float(r["ll_exact"]) and 0 < float(r["accept"]) <= 1
     md = (workdir / "sweep.md").read_text()
-    assert md.startswith("| step_a | ll | ll_exact |") and md.count("\n| 0.") == 2
+    assert md.startswith("| a | ll | ll_exact |") and md.count("\n| 0.") == 2
     # rerun: nothing runs again
-    again = _run_sweep(os.path.join("configs", "table2d.py") + ":quick", "smoke", workdir)
+    again = _run_sweep(TABLE2D_QUICK, "smoke", workdir)
     assert "2 of 2 points already finished" in again.stdout and "started" not in again.stdout
 
 

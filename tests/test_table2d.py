@@ -7,9 +7,11 @@ import jax
 import numpy as np
 import pytest
 
-from compdiff import samplers, schedules, table2d
+from compdiff import samplers, schedules
 from compdiff.data import toy2d
-from configs import table2d as table_config
+from compdiff.experiments import common
+from configs.common import sampler_row
+from configs.experiments import table2d as table_config
 
 
 def test_equal_nfe_levels_match_cost_and_noise_level():
@@ -38,6 +40,8 @@ def test_quick_and_paper_configs_are_complete():
             assert name in config.compositions
         assert set(config.sampler_names) == {"reverse", "reverse_equal", "ula", "uhmc", "mala",
                                              "hmc", "mala_smc", "hmc_smc"}
+        labels = {common.row_label(config.samplers[s]) for s in config.sampler_names}
+        assert {"reverse_equal", "mala+smc", "hmc+smc"} <= labels and config.experiment == "table2d"
     with pytest.raises(ValueError, match="unknown table2d variant"):
         table_config.get_config("huge")
 
@@ -49,7 +53,9 @@ def tiny_run(tmp_path_factory):
     config.models = ("oracle", "eps", "energy")
     config.composition_names = ("product", "mixture")
     config.compositions.mixture.models = ("oracle", "eps")  # eps: n/a without training
-    config.sampler_names = ("reverse", "reverse_equal", "mala", "hmc")
+    # a second reverse row: with common random numbers it repeats the first exactly
+    config.samplers.again = sampler_row("reverse", label="reverse2")
+    config.sampler_names = ("reverse", "reverse_equal", "mala", "hmc", "again")
     config.num_samples = 300
     config.grid.size = 150
     config.grid.model_size = 60
@@ -60,15 +66,16 @@ def tiny_run(tmp_path_factory):
     config.train.train.log_every = 20
     config.train.train.checkpoint_every = 20
     workdir = str(tmp_path_factory.mktemp("table2d"))
-    return config, workdir, table2d.run(config, workdir)
+    return config, workdir, common.run(config, workdir)
 
 
 def test_files_and_rows(tiny_run):
     config, workdir, result = tiny_run
     with open(os.path.join(workdir, "table2d.json")) as f:
         assert json.load(f)["rows"] == result["rows"]
-    assert len(result["rows"]) == (3 + 2) * 4  # (product + mixture) models x samplers
+    assert len(result["rows"]) == (3 + 2) * 5  # (product + mixture) models x samplers
     assert "jax" in result["machine"] and result["wall_seconds"] > 0
+    assert result["experiment"] == "table2d" and result["config"]["variant"] == "quick"
     for name in config.composition_names:
         assert os.path.getsize(os.path.join(workdir, "figures", f"{name}.png")) > 0
     for row in result["rows"]:
@@ -89,7 +96,7 @@ def test_impossible_cells_carry_the_library_reason(tiny_run):
           if r["status"] == "n/a"}
     assert all(r["model"] == "eps" for r in result["rows"] if r["status"] == "n/a")
     assert set(na) == {("product", "mala"), ("product", "hmc")} | {
-        ("mixture", s) for s in ("reverse", "reverse_equal", "mala", "hmc")}
+        ("mixture", s) for s in ("reverse", "reverse_equal", "mala", "hmc", "reverse2")}
     assert "score-only" in na["product", "mala"] and "mala" in na["product", "mala"]
     assert "mixture needs every component's log-density" in na["mixture", "reverse"]
 
@@ -111,11 +118,34 @@ def test_equal_cost_and_mcmc_beats_reverse_on_oracle_product(tiny_run):
 def test_energy_rows_are_also_scored_against_their_own_composition(tiny_run):
     _, _, result = tiny_run
     energy = [r for r in result["rows"] if r["model"] == "energy"]
-    assert {r["sampler"] for r in energy} == {"reverse", "reverse_equal", "mala", "hmc"}
+    assert {r["sampler"] for r in energy} == {"reverse", "reverse_equal", "mala", "hmc",
+                                              "reverse2"}
     for r in energy:
         assert r["status"] == "ok" and np.isfinite(r["ll_model_exact"])
         assert r["mmd_model"] is not None
     assert all("mmd_model" not in r for r in result["rows"] if r["model"] != "energy")
+
+
+def test_samplers_of_a_cell_share_their_initial_noise(tiny_run):
+    """Common random numbers: every row of a cell samples from one key, so two rows of
+    the same sampler draw the same samples (a key per row would make them independent)."""
+    _, workdir, _ = tiny_run
+    for model in ("oracle", "energy"):
+        x = [np.load(os.path.join(workdir, "samples", f"product_{model}_{s}.npz"))["x"]
+             for s in ("reverse", "reverse2")]
+        np.testing.assert_array_equal(x[0], x[1])
+
+
+def test_claims_are_paired_with_intervals_and_p_values(tiny_run):
+    _, workdir, result = tiny_run
+    (claim,) = [c for c in result["claims"] if c["claim"].startswith("product (oracle): ")]
+    assert claim["b"] == "reverse_equal" and claim["a"] in ("mala", "hmc")
+    low, high = claim["interval"]
+    assert low <= claim["estimate"] <= high and 0 < claim["p_value"] <= 1
+    assert claim["test"] == "paired bootstrap" and claim["num_pairs"] == 300
+    assert claim["verdict"] in ("holds", "fails", "unresolved")
+    with open(os.path.join(workdir, "table2d.md")) as f:
+        assert claim["text"] in f.read()
 
 
 def test_rows_show_level_one_acceptance_mode_weights_and_divergence(tiny_run):

@@ -1,6 +1,6 @@
 """RRR's 2D composition table: train components, compose, sample at equal cost, evaluate.
 
-For every composition (``configs/table2d.py``), model kind and sampler:
+For every composition (``configs/experiments/table2d.py``), model kind and sampler:
 
 1. the component models are trained (or reused: :func:`compdiff.train.train`
    resumes a finished run as a no-op) under ``DIR/models/<dataset>_<param>``;
@@ -17,11 +17,18 @@ schedule, so its samples and the target share a noise level, with
 ``T' - offset`` equal to the largest MCMC budget in the table: the
 ``reverse_equal`` sampler (:mod:`compdiff.samplers.equal_cost`).
 
+Paired: every sampler and model kind of a composition samples from one key, so
+sample ``i`` of every cell starts from the same initial noise. The claims compare
+the best Metropolis-adjusted row with reverse diffusion at equal NFE (``reverse_equal``,
+else ``reverse``) by the exact level-1 log-density of each sample pair (paired
+bootstrap, :mod:`compdiff.experiments.paired`).
+
 Impossible cells (a mixture of score-only models; a Metropolis-adjusted
 sampler on a score-only composition) are rows with ``"status": "n/a"`` and
 the library's own error message as ``"reason"``.
 
-Outputs under ``DIR``: ``table2d.json``, ``table2d.md``,
+Outputs under ``DIR`` (the protocol, :mod:`compdiff.experiments.common`, writes the
+first two): ``table2d.json``, ``table2d.md``,
 ``samples/<composition>_<model>_<sampler>.npz`` (key ``x``) and
 ``figures/<composition>.png``.
 """
@@ -30,10 +37,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import math
 import os
-import platform
 import time
 from collections.abc import Callable
 from typing import Any
@@ -45,9 +50,9 @@ import numpy as np
 from absl import logging
 
 from compdiff import compose, diagnostics, exact, metrics, plots, samplers, schedules, sculpt, train
-from compdiff import workdir as workdir_lib
 from compdiff.compose import Density
 from compdiff.data import toy2d
+from compdiff.experiments import common, paired
 from compdiff.models import is_energy
 from compdiff.schedules import Schedule
 
@@ -87,8 +92,8 @@ def _model_kinds(config: ml_collections.ConfigDict, comp: ml_collections.ConfigD
     return [k for k in config.models if not comp.models or k in comp.models]
 
 
-def _uses_equal(config: ml_collections.ConfigDict) -> bool:
-    return any(config.samplers[s].equal_nfe for s in config.sampler_names)
+def _rows(config: ml_collections.ConfigDict) -> list[ml_collections.ConfigDict]:
+    return [config.samplers[s] for s in config.sampler_names]
 
 
 class _Untrained(Density):
@@ -129,19 +134,14 @@ def needed_models(config: ml_collections.ConfigDict, equal_levels: int | None
     return list(dict.fromkeys(needed))
 
 
-def train_models(config: ml_collections.ConfigDict, workdir: str, equal_levels: int | None
-                 ) -> dict[tuple[str, str, int], Density]:
-    """Trains (or reuses) every needed component model and loads it."""
-    models = {}
+def load_models(config: ml_collections.ConfigDict, workdir: str, equal_levels: int | None
+                ) -> tuple[dict[tuple[str, str, int], Density], dict[str, float]]:
+    """Trains (or reuses) every needed component model and loads it; seconds per model."""
     needed = needed_models(config, equal_levels)
-    for i, (dataset, param, levels) in enumerate(needed):
-        path = model_workdir(workdir, dataset, param, levels, config.schedule.num_levels)
-        t0 = time.time()
-        train.train(train_config(config, dataset, param, levels), path)
-        models[dataset, param, levels] = train.load_model(path)
-        logging.info("[model %d/%d] %s %s T=%d ready in %.1fs (%s)", i + 1, len(needed), dataset,
-                     param, levels, time.time() - t0, path)
-    return models
+    paths = {key: os.path.relpath(model_workdir(workdir, *key, config.schedule.num_levels),
+                                  workdir) for key in needed}
+    seconds = common.train_models({paths[k]: train_config(config, *k) for k in needed}, workdir)
+    return {k: train.load_model(os.path.join(workdir, paths[k])) for k in needed}, seconds
 
 
 # --- compositions and samplers ----------------------------------------------------------------
@@ -178,23 +178,7 @@ def build(comp: ml_collections.ConfigDict, param: str | None, schedule: Schedule
     return density
 
 
-def make_sampler(spec: ml_collections.ConfigDict, budget: int = 0) -> samplers.Sampler:
-    """The sampler of a table row; ``equal_nfe`` rows are ``reverse_equal`` with ``budget``."""
-    if spec.equal_nfe:
-        return samplers.get("reverse_equal", budget=budget)
-    return samplers.get(spec.kind, steps_per_level=spec.steps_per_level, leapfrog=spec.leapfrog,
-                        step=samplers.StepRule(spec.step_a, spec.step_b),
-                        mass=samplers.MassRule(spec.mass_c, spec.mass_p), damping=spec.damping,
-                        resample_ess=spec.resample_ess)
-
-
 # --- one cell ---------------------------------------------------------------------------------
-def _finite_or_none(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def run_cell(density_fn, sampler: samplers.Sampler, spec: ml_collections.ConfigDict,
              schedule: Schedule, key: Array, num: int, extent: float
              ) -> tuple[dict, np.ndarray | None, Density | None]:
@@ -216,7 +200,7 @@ def run_cell(density_fn, sampler: samplers.Sampler, spec: ml_collections.ConfigD
                                                                          extent=extent)
         if improper:
             raise ValueError(improper)
-        if spec.target_accept > 0:
+        if spec.get("target_accept", 0.0) > 0:
             sampler = samplers.tune_step(density, sampler, schedule, jax.random.fold_in(key, 1),
                                          spec.target_accept)
         tuned = time.time() - t0
@@ -233,34 +217,14 @@ def run_cell(density_fn, sampler: samplers.Sampler, spec: ml_collections.ConfigD
 
 
 # --- the table --------------------------------------------------------------------------------
-def machine() -> str:
-    """The machine a result was measured on, for the JSON and the README."""
-    return (f"{_cpu_name()}; {os.cpu_count()} CPUs visible; {platform.platform()}; "
-            f"python {platform.python_version()}; jax {jax.__version__}; "
-            f"devices {[str(d) for d in jax.devices()]}")
-
-
-def _cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo where there is one, else what ``platform`` knows."""
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def _equal_nfe(config: ml_collections.ConfigDict, base: Schedule) -> tuple[int, int, int] | None:
-    """``(nfe, T', offset)`` for ``reverse_equal``: the largest MCMC budget in the table."""
-    if not _uses_equal(config):
+def _equal_nfe(config: ml_collections.ConfigDict) -> common.EqualNFE | None:
+    """``reverse_equal``'s budget: the largest MCMC budget in the table (None: no such row)."""
+    if not common.uses_equal(_rows(config)):
         return None
-    budgets = [make_sampler(config.samplers[s]).nfe(base.num_levels)
-               for s in config.sampler_names
-               if config.samplers[s].kind != "reverse" and not config.samplers[s].equal_nfe]
-    if not budgets:
+    equal = common.equal_nfe(_rows(config), config.schedule.name, config.schedule.num_levels)
+    if equal is None:
         raise ValueError("reverse_equal matches the MCMC samplers' cost, but none is configured")
-    nfe = max(budgets)
-    return (nfe, *samplers.equal_cost_levels(config.schedule.name, float(base.sigma[1]), nfe))
+    return equal
 
 
 def _figure_density(density: Density, config: ml_collections.ConfigDict):
@@ -277,15 +241,14 @@ class _Context:
     workdir: str
     base: Schedule
     models: dict
-    equal: tuple[int, int, int] | None  # (nfe, T', offset) of reverse_equal
+    equal: common.EqualNFE | None
 
-    def cell_density(self, comp, param: str | None, spec) -> tuple[Callable[[], Density],
-                                                                    Schedule]:
+    def cell_density(self, comp, param: str | None, sampler: samplers.Sampler
+                     ) -> tuple[Callable[[], Density], Schedule]:
         """A builder of the cell's composition (it may refuse) and the schedule to sample on."""
-        if not spec.equal_nfe:
+        if sampler.name != common.EQUAL:
             return lambda: build(comp, param, self.base, self.models), self.base
-        _, levels, _ = self.equal
-        longer = schedules.get(self.config.schedule.name, levels)
+        longer = schedules.get(self.config.schedule.name, self.equal.levels)
         return lambda: build(comp, param, longer, self.models), longer
 
 
@@ -334,7 +297,37 @@ def _model_metrics(x: np.ndarray, target: exact.GridTarget, reference: np.ndarra
             "mmd_model": metrics.mmd(x, reference)}
 
 
-def _run_composition(ctx: _Context, ci: int, name: str) -> list[dict]:
+LOG_DENSITY_FLOOR = -70.0  # ~log(1e-30): a sample the target gives no mass, for the pairs
+
+
+def sample_log_density(x: np.ndarray, target: exact.GridTarget) -> np.ndarray:
+    """The exact normalized log-density of each sample, non-finite ones at
+    :data:`LOG_DENSITY_FLOOR` (the paired claims need a finite outcome per sample)."""
+    log_p = np.asarray(target.log_prob(np.asarray(x, np.float32)), np.float64)
+    return np.where(np.isfinite(log_p), np.maximum(log_p, LOG_DENSITY_FLOOR), LOG_DENSITY_FLOOR)
+
+
+def composition_claims(name: str, rows: list[dict], outcomes: dict) -> list[dict]:
+    """Per model kind: the best Metropolis-adjusted row (by LL) beats reverse diffusion at
+    equal NFE (``reverse_equal``, else ``reverse``) on paired per-sample log-densities."""
+    claims = []
+    for kind in dict.fromkeys(r["model"] for r in rows):
+        ok = [r for r in rows if r["model"] == kind and (kind, r["sampler"]) in outcomes]
+        adjusted = [r for r in ok if samplers.registry.needs_log_prob(r["kernel"])
+                    and r.get("ll") is not None]
+        base = ([r for r in ok if r["kernel"] == common.EQUAL]
+                or [r for r in ok if r["kernel"] == "reverse"])
+        if not adjusted or not base:
+            continue
+        best = max(adjusted, key=lambda r: r["ll"])
+        claims.append(paired.compare(
+            f"{name} ({kind}): {best['sampler']} beats {base[0]['sampler']} in exact "
+            "log-density", best["sampler"], outcomes[kind, best["sampler"]],
+            base[0]["sampler"], outcomes[kind, base[0]["sampler"]], binary=False))
+    return claims
+
+
+def _run_composition(ctx: _Context, ci: int, name: str) -> tuple[list[dict], list[dict]]:
     config, comp = ctx.config, ctx.config.compositions[name]
     t0 = time.time()
     target = exact.on_grid(build(comp, None, ctx.base, ctx.models), 1,
@@ -345,19 +338,20 @@ def _run_composition(ctx: _Context, ci: int, name: str) -> list[dict]:
     supports = support_masks(comp, ctx.base, config) if comp.op in NEGATIONS else None
     logging.info("== %s: exact target ready in %.1fs, ll_exact %.3f", name, time.time() - t0,
                  ll_exact)
-    rows, figure_rows, model_targets = [], [], {}
+    rows, figure_rows, model_targets, outcomes = [], [], {}, {}
+    cell_key = jax.random.fold_in(comp_key, 1)  # one key for every cell: paired samples
     for kind in _model_kinds(config, comp):
         param = _parameterization(config, kind)
         panels = _component_panels(comp, param, ctx.base, ctx.models, config)
-        for si, sname in enumerate(config.sampler_names):
-            spec = config.samplers[sname]
-            density_fn, schedule = ctx.cell_density(comp, param, spec)
-            sampler = make_sampler(spec, ctx.equal[0] if spec.equal_nfe else 0)
-            fields, x, density = run_cell(density_fn, sampler, spec, schedule,
-                                          jax.random.fold_in(comp_key, 1 + si),
+        for spec in _rows(config):
+            sampler = common.make_sampler(spec, ctx.equal.nfe if ctx.equal else 0)
+            sname = common.row_label(spec)
+            density_fn, schedule = ctx.cell_density(comp, param, sampler)
+            fields, x, density = run_cell(density_fn, sampler, spec, schedule, cell_key,
                                           config.num_samples, config.grid.extent)
             row = {"composition": name, "model": kind, "parameterization": param or "oracle",
-                   "sampler": sname, "table": bool(comp.table), **fields}
+                   "sampler": sname, "kernel": sampler.name, "table": bool(comp.table),
+                   **fields}
             if x is None:
                 panels.append((f"{sname}: n/a", None))
                 logging.info("%s | %s | %s: n/a (%s)", name, kind, sname, row["reason"])
@@ -365,11 +359,12 @@ def _run_composition(ctx: _Context, ci: int, name: str) -> list[dict]:
                 np.savez(os.path.join(ctx.workdir, "samples", f"{name}_{kind}_{sname}.npz"), x=x)
                 row.update(metrics.evaluate(x, target, reference, comp.gmm_components,
                                             config.seed), ll_exact=ll_exact)
+                outcomes[kind, sname] = sample_log_density(x, target)
                 if supports is not None:
                     row.update(set_accuracy=set_accuracy(x, target, *supports),
                                set_accuracy_exact=set_accuracy(reference, target, *supports))
                 if param is not None and density.has_log_prob:
-                    cache = (kind, bool(spec.equal_nfe))
+                    cache = (kind, sampler.name == common.EQUAL)
                     if cache not in model_targets:
                         model_targets[cache] = _model_target(density, config, comp_key)
                     row.update(_model_metrics(x, *model_targets[cache]))
@@ -379,46 +374,33 @@ def _run_composition(ctx: _Context, ci: int, name: str) -> list[dict]:
                              ll_exact, _fmt(row["mode_tv"], ".3f"), row["mmd"], row["var"],
                              _fmt(row["accept"], ".2f"), _fmt(row["accept_level1"], ".2f"),
                              row["nfe"], row["seconds"])
-            rows.append({k: _finite_or_none(v) for k, v in row.items()})
+            rows.append(common.strict(row))
         figure_rows.append((kind if param is None else f"{kind} ({param})", panels))
     plots.figure(os.path.join(ctx.workdir, "figures", f"{name}.png"), figure_rows,
                  extent=config.figure.extent)
-    return rows
+    claims = composition_claims(name, rows, outcomes) if comp.table else []
+    return rows, claims
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Builds the whole table in ``workdir``; returns what it writes to ``table2d.json``.
-
-    Holds ``workdir``'s lock throughout (:mod:`compdiff.workdir`; each model's
-    training locks its own ``models/...`` subdirectory): a second build on the
-    same directory raises :class:`~compdiff.workdir.WorkdirInUse` at once.
-    """
-    with workdir_lib.lock(workdir):
-        return _run_locked(config, workdir)
-
-
-def _run_locked(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    t_start = time.time()
+    """Builds the whole table in ``workdir``: rows, the equal-NFE budget and the claims
+    (:func:`compdiff.experiments.common.run` writes them)."""
     for sub in ("samples", "figures"):
         os.makedirs(os.path.join(workdir, sub), exist_ok=True)
     base = schedules.get(config.schedule.name, config.schedule.num_levels)
-    equal = _equal_nfe(config, base)
+    equal = _equal_nfe(config)
     if equal:
-        logging.info("reverse_equal: NFE %d = levels %d..%d of a T'=%d schedule", equal[0],
-                     equal[1], equal[2] + 1, equal[1])
-    models = train_models(config, workdir, equal[1] if equal else None)
+        logging.info("reverse_equal: NFE %d = levels %d..%d of a T'=%d schedule", equal.nfe,
+                     equal.levels, equal.offset + 1, equal.levels)
+    models, seconds = load_models(config, workdir, equal.levels if equal else None)
     ctx = _Context(config=config, workdir=workdir, base=base, models=models, equal=equal)
-    rows = [row for ci, name in enumerate(config.composition_names)
-            for row in _run_composition(ctx, ci, name)]
-    result = {"rows": rows, "machine": machine(), "variant": config.get("variant", ""),
-              "equal_nfe": None if equal is None else dict(zip(("nfe", "levels", "offset"), equal)),
-              "wall_seconds": time.time() - t_start}
-    with open(os.path.join(workdir, "table2d.json"), "w") as f:
-        json.dump(result, f, indent=1, allow_nan=False)
-    with open(os.path.join(workdir, "table2d.md"), "w") as f:
-        f.write(markdown(result))
-    logging.info("table2d done in %.1fs: %s", result["wall_seconds"], workdir)
-    return result
+    rows, claims = [], []
+    for ci, name in enumerate(config.composition_names):
+        cell_rows, cell_claims = _run_composition(ctx, ci, name)
+        rows += cell_rows
+        claims += cell_claims
+    return {"rows": rows, "claims": claims, "train_seconds": seconds,
+            "equal_nfe": None if equal is None else dataclasses.asdict(equal)}
 
 
 def _component_panels(comp, param: str | None, base: Schedule, models: dict,
@@ -484,5 +466,4 @@ def markdown(result: dict) -> str:
         lines.append(f"\nreverse_equal: reverse diffusion on a T'={eq['levels']} schedule from "
                      f"level {eq['levels']} down to level {eq['offset'] + 1} "
                      f"(sigma matched to level 1 of the table's schedule), NFE {eq['nfe']}.")
-    lines.append(f"\nMachine: {result['machine']}. Wall time {result['wall_seconds']:.0f}s.")
     return "\n".join(lines) + "\n"

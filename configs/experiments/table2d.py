@@ -1,6 +1,6 @@
 """The 2D composition table (RRR Table 1 and Figure 2): ``quick``, ``paper``, ``full``.
 
-    python scripts/table2d.py --config=configs/table2d.py:quick --workdir=runs/table2d
+    python scripts/run.py --config=configs/experiments/table2d.py:quick --workdir=runs/table2d
 
 - ``compositions``: product ``ring * bar``, mixture ``left_bar + right_bar``,
   negation ``ring / left_half_ring ** 0.5`` (RRR's alpha), Compositional
@@ -10,7 +10,8 @@
   figure-only negation ``big_box / small_box ** 0.5``.
 - ``models``: ``oracle`` (exact diffused densities: sampler error alone),
   ``eps`` (score-only) and ``energy`` (``energy_param``, a log-density).
-- ``samplers`` at equal score evaluations: ``reverse`` (T), ``reverse_equal``
+- ``samplers`` (rows of ``configs/common.py``; labels from the registry, ``hmc+smc``)
+  at equal score evaluations: ``reverse`` (T), ``reverse_equal``
   (reverse diffusion of models trained with as many levels as the largest
   MCMC budget), ``ula``/``mala`` (10 steps per level), ``uhmc``/``hmc``
   (3 steps x 3 leapfrog per level), and ``mala_smc``/``hmc_smc``, the same
@@ -32,14 +33,15 @@ smoke test of the whole pipeline: 25 levels, 2 x 64 networks trained 300 steps.
 Fields are overridable on the command line, e.g. ``--config.num_samples=500``.
 
 Sweeps (``scripts/sweep.py``, :mod:`compdiff.sweep`; ``docs/sweep.md``): each
-point is a run of ``scripts/table2d.py`` restricted to the oracle product
+point is a run of ``scripts/run.py`` restricted to the oracle product
 ``ring * bar`` and the ``hmc`` row, scored against the exact product.
 
-- ``hmc_step_damping``: HMC step ``samplers.hmc.step_a`` x momentum damping
-  ``samplers.hmc.damping`` (run it with the ``paper`` variant).
+- ``hmc_step_damping``: HMC step ``samplers.hmc.sampler.step.a`` x momentum damping
+  ``samplers.hmc.sampler.damping`` (run it with the ``paper`` variant).
 - ``smoke``: two points at a tiny size, for tests.
 
-    python scripts/sweep.py --config=configs/table2d.py:paper --sweep=hmc_step_damping \
+    python scripts/sweep.py --config=configs/experiments/table2d.py:paper \
+        --sweep=hmc_step_damping \
         --workdir=runs/sweep_hmc --parallel=2
 """
 
@@ -49,25 +51,23 @@ import ml_collections
 
 from compdiff import sweep
 from configs import toy2d
+from configs.common import sampler_row, variant
 
 VARIANTS = ("quick", "paper", "full")
-SWEEP_SCRIPT = "scripts/table2d.py"
+SWEEP_SCRIPT = "scripts/run.py"
 SWEEP_METRICS = "table2d.json"
 SWEEP_METRIC_KEYS = ("ll", "ll_exact", "mode_tv", "mmd", "var", "accept", "accept_level1",
                      "diverged", "seconds")
 SWEEPS = ("hmc_step_damping", "smoke")
 
 
-def _sampler(kind: str, **overrides) -> ml_collections.ConfigDict:
-    """One sampler's settings; ``target_accept > 0`` tunes ``step_a`` to that mean acceptance."""
-    spec = dict(kind=kind, steps_per_level=10, leapfrog=3, step_a=0.002, step_b=0.0, mass_c=1.0,
-                mass_p=0.0, damping=0.5, target_accept=0.0, equal_nfe=False,
-                resample_ess=0.0)
-    unknown = set(overrides) - set(spec)
-    if unknown:
-        raise ValueError(f"unknown sampler fields {sorted(unknown)}")
-    spec.update(overrides)
-    return ml_collections.ConfigDict(spec)
+def _sampler(name: str, **fields) -> ml_collections.ConfigDict:
+    """A sampler row with the table's settings; ``target_accept > 0`` tunes the step size
+    to that mean acceptance first."""
+    if name in ("reverse", "reverse_equal"):
+        return sampler_row(name, target_accept=0.0)
+    return sampler_row(name, **{"steps_per_level": 10, "leapfrog": 3, "step": 0.002,
+                                "damping": 0.5, "target_accept": 0.0, **fields})
 
 
 def _composition(op: str, components: tuple[str, ...], alpha: float = 0.5,
@@ -80,12 +80,11 @@ def _composition(op: str, components: tuple[str, ...], alpha: float = 0.5,
 
 
 def get_config(arg: str | None = "quick") -> ml_collections.ConfigDict:
-    variant = arg or "quick"
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown table2d variant {variant!r}; known: {list(VARIANTS)}")
-    quick = variant == "quick"
+    name = variant(arg, VARIANTS, "table2d", "quick")
+    quick = name == "quick"
     config = ml_collections.ConfigDict()
-    config.variant = variant
+    config.experiment = "table2d"
+    config.variant = name
     config.seed = 0
 
     config.schedule = ml_collections.ConfigDict(dict(name="linear",
@@ -102,7 +101,7 @@ def get_config(arg: str | None = "quick") -> ml_collections.ConfigDict:
     train = toy2d.get_config()
     train.model.hidden = 64 if quick else 128
     train.model.num_blocks = 2 if quick else 4
-    if variant != "full":
+    if name != "full":
         train.train.steps = 300 if quick else 3000
         train.train.batch_size = 256
     train.train.lr = 1e-3
@@ -144,16 +143,16 @@ def get_config(arg: str | None = "quick") -> ml_collections.ConfigDict:
 
     config.samplers = ml_collections.ConfigDict()
     config.samplers.reverse = _sampler("reverse")
-    config.samplers.reverse_equal = _sampler("reverse", equal_nfe=True)
-    config.samplers.ula = _sampler("ula", steps_per_level=10, step_a=0.002)
-    config.samplers.uhmc = _sampler("uhmc", steps_per_level=3, leapfrog=3, step_a=0.03)
-    config.samplers.mala = _sampler("mala", steps_per_level=10, step_a=0.002)
-    config.samplers.hmc = _sampler("hmc", steps_per_level=3, leapfrog=3, step_a=0.03)
+    config.samplers.reverse_equal = _sampler("reverse_equal")
+    config.samplers.ula = _sampler("ula", steps_per_level=10, step=0.002)
+    config.samplers.uhmc = _sampler("uhmc", steps_per_level=3, leapfrog=3, step=0.03)
+    config.samplers.mala = _sampler("mala", steps_per_level=10, step=0.002)
+    config.samplers.hmc = _sampler("hmc", steps_per_level=3, leapfrog=3, step=0.03)
     # Beyond RRR: the same kernels with SMC resampling on the annealed
     # importance weights (docs/design_notes.md); needs log-densities.
-    config.samplers.mala_smc = _sampler("mala", steps_per_level=10, step_a=0.002,
+    config.samplers.mala_smc = _sampler("mala", steps_per_level=10, step=0.002,
                                         resample_ess=0.5)
-    config.samplers.hmc_smc = _sampler("hmc", steps_per_level=3, leapfrog=3, step_a=0.03,
+    config.samplers.hmc_smc = _sampler("hmc", steps_per_level=3, leapfrog=3, step=0.03,
                                        resample_ess=0.5)
     return config
 
@@ -165,11 +164,12 @@ def get_sweep(name: str) -> list[dict]:
                                              "sampler_names": ("hmc",)})
     if name == "hmc_step_damping":
         return sweep.product(only_hmc_on_product,
-                             sweep.values("samplers.hmc.step_a", (0.01, 0.03, 0.1)),
-                             sweep.values("samplers.hmc.damping", (0.0, 0.5, 0.7, 0.9)))
+                             sweep.values("samplers.hmc.sampler.step.a", (0.01, 0.03, 0.1)),
+                             sweep.values("samplers.hmc.sampler.damping",
+                                          (0.0, 0.5, 0.7, 0.9)))
     if name == "smoke":
         tiny = sweep.fixed_point({"schedule.num_levels": 10, "num_samples": 100,
                                   "grid.size": 60, "figure.grid_size": 20})
         return sweep.product(only_hmc_on_product, tiny,
-                             sweep.values("samplers.hmc.step_a", (0.03, 0.1)))
+                             sweep.values("samplers.hmc.sampler.step.a", (0.03, 0.1)))
     raise ValueError(f"unknown table2d sweep {name!r}; known: {list(SWEEPS)}")

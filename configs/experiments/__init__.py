@@ -1,0 +1,1 @@
+"""Experiment configs: each names its experiment (``config.experiment``) for scripts/run.py."""
