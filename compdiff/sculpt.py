@@ -68,11 +68,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from compdiff import compose
+from compdiff import compose, exact
 from compdiff.compose import Density
-from compdiff.models.diffusion import ApplyFn
+from compdiff.data import toy2d
+from compdiff.models import loading
+from compdiff.models.diffusion import ApplyFn, LinenApply
 from compdiff.models.mlp import ResidualMLP
 from compdiff.schedules import Schedule
+from compdiff.training import tasks
 
 Array = jnp.ndarray
 _LOG_2PI = math.log(2 * math.pi)
@@ -444,8 +447,6 @@ def diffused_target(bases: Sequence[Density], operator: Operator, schedule: Sche
                     size0: int = 96):
     """The exact level-``t`` target of the guided route: the composite (1) of the bases'
     level-0 densities, diffused to level ``t``, as an :class:`~compdiff.exact.GridTarget`."""
-    from compdiff import exact  # the grid machinery; imported here to keep sculpt light
-
     log_p = level0_log_probs(bases, extent0, size0).transpose(1, 2, 0)
     log_c = np.asarray(operator.log_composite(jnp.asarray(log_p)), np.float64)
     table = diffused_table(log_c, extent0, schedule, t, extent, size)
@@ -568,8 +569,6 @@ def classifier_loss(params: Any, ema_params: Any, apply_fn: ApplyFn, data: Bases
 # --- training through compdiff.train (task = "sculpt_classifier") -----------------------------
 def bases_from_config(config, schedule: Schedule) -> Bases:
     """``data.bases``: the names of the base 2D datasets (oracles, :mod:`compdiff.data.toy2d`)."""
-    from compdiff.data import toy2d
-
     names = list(config.data.get("bases") or ())
     if len(names) < 2:
         raise ValueError(f"task sculpt_classifier needs data.bases, two or more 2D datasets, "
@@ -597,13 +596,34 @@ def network_from_config(config, dim: int) -> SculptClassifier:
 
 def load_classifier(workdir: str) -> LearnedClassifier:
     """The classifier trained in ``workdir`` (its EMA parameters)."""
-    from compdiff import train  # train imports this module
-
-    config, network, params = train.load_params(workdir)
-    if train.task(config) != "sculpt_classifier":
-        raise ValueError(f"{workdir} holds a {train.task(config)} run, not a sculpt_classifier")
-    from compdiff.models.diffusion import LinenApply
-
+    config, network, params = loading.load_params(workdir)
+    if tasks.task_name(config) != "sculpt_classifier":
+        raise ValueError(f"{workdir} holds a {tasks.task_name(config)} run, not a "
+                         f"sculpt_classifier")
     return LearnedClassifier(apply_fn=LinenApply(network), params=params,
                              num_models=len(config.data.bases),
                              num_obs=int(config.sculpt.num_obs))
+
+
+@dataclasses.dataclass(frozen=True)
+class SculptLoss:
+    """:func:`classifier_loss` as the task's loss: base samples drawn on the devices,
+    targets bootstrapped from the EMA copy (a static, hashable part of the jitted step)."""
+
+    operator: Operator
+
+    @classmethod
+    def from_config(cls, config) -> SculptLoss:
+        return cls(operator_from_config(config))
+
+    def __call__(self, params: Any, inputs: tasks.StepInputs) -> Array:
+        return classifier_loss(params, inputs.ema_params, inputs.apply_fn, inputs.data,
+                               inputs.schedule, inputs.loss_key, inputs.batch_size,
+                               self.operator)
+
+
+SCULPT_CLASSIFIER = tasks.register_task(tasks.Task(
+    name="sculpt_classifier", data=bases_from_config,
+    network=lambda config, dim: network_from_config(
+        config, tasks.model_dim(config) if dim is None else dim),
+    loss=SculptLoss.from_config))

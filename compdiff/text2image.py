@@ -27,10 +27,11 @@ from typing import Any
 import jax
 import numpy as np
 
-from compdiff import concepts, distributed, image_grids, prompts, samplers, text, train
+from compdiff import concepts, distributed, image_grids, prompts, samplers, text
 from compdiff.compose import Density
 from compdiff.data import images as image_data
 from compdiff.models.diffusion import DiffusionModel
+from compdiff.models.loading import load_model
 
 # Kernel settings at CPU scale: step a of a * beta_t, one kernel step per level.
 _IMAGE_SETTINGS: dict[str, dict[str, Any]] = {
@@ -49,7 +50,7 @@ def _image_samplers() -> dict[str, samplers.Sampler]:
             variants = [samplers.registry.from_fields(name)]
         else:
             base = dict(settings, step=(settings["step"], 1.0), mass=(1.0, 1.0),
-                        steps_per_level=1)
+                        steps_per_level=1, leapfrog=1)
             variants = [samplers.registry.from_fields(name, base, reverse_first=True)]
             if samplers.registry.needs_log_prob(name):  # SMC weights need invariant kernels
                 variants.append(samplers.registry.from_fields(name, base, resample_ess=0.5))
@@ -71,7 +72,7 @@ def image_sampler(name: str, **overrides: Any) -> samplers.Sampler:
 
 def load(workdir: str) -> tuple[DiffusionModel, text.TextEncoder]:
     """The text-conditioned model trained in ``workdir`` and the tower its captions used."""
-    model = train.load_model(workdir)
+    model = load_model(workdir)
     with open(os.path.join(workdir, "config.json")) as f:
         name = json.load(f)["model"].get("text_encoder")
     if not name:

@@ -45,7 +45,10 @@ from ml_collections import config_flags
 from compdiff import benchmarking, cli, compose, distributed, train
 from compdiff.experiments.common import cpu_name, machine
 from compdiff.models.diffusion import DiffusionModel, classifier_free_product
+from compdiff.models.loading import build_model
 from compdiff.runtime import configure_cpu
+from compdiff.training import tasks
+from compdiff.training.state import init_state
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/clevr.py:cpu",
                                           "Image diffusion config file[:variant].")
@@ -100,8 +103,8 @@ def _perturbed(params, key):
 
 def _model(config: ml_collections.ConfigDict, param: str) -> DiffusionModel:
     c = _image_config(config, param)
-    state = train.init_state(c, train.make_network(c), jax.random.key(0))
-    return train.build_model(c, _perturbed(state.params, jax.random.key(1)))
+    state = init_state(c, tasks.make_network(c), jax.random.key(0))
+    return build_model(c, _perturbed(state.params, jax.random.key(1)))
 
 
 def _separately(density: compose.Density) -> compose.Density:
@@ -141,17 +144,17 @@ def _composed(model: DiffusionModel, ks: list[int], batch: int, repeats: int) ->
 # --- 3. training ---------------------------------------------------------------------------
 def _training(config: ml_collections.ConfigDict, param: str, repeats: int) -> dict:
     c = _image_config(config, param)
-    network = train.make_network(c)
-    state = train.init_state(c, network, jax.random.key(0))
+    network = tasks.make_network(c)
+    state = init_state(c, network, jax.random.key(0))
     state = state.replace(params=_perturbed(state.params, jax.random.key(1)))
     b = c.train.batch_size
     batch = {"x": jax.random.normal(jax.random.key(3), (b, network.dim), jnp.float32),
              "cond": jax.random.uniform(jax.random.key(4), (b, 2), jnp.float32)}
-    schedule = train.make_schedule(c)
+    schedule = tasks.make_schedule(c)
     sharding = NamedSharding(Mesh(jax.devices(), ("batch",)), PartitionSpec("batch"))
-    kwargs = dict(network=network, parameterization=param, batch_size=b, lr=c.train.lr,
-                  grad_clip=c.train.grad_clip, ema_decay=c.train.ema_decay, sharding=sharding,
-                  cond_dropout=c.train.cond_dropout)
+    kwargs = dict(network=network, loss=tasks.DenoisingLoss(param, c.train.cond_dropout),
+                  batch_size=b, lr=c.train.lr, grad_clip=c.train.grad_clip,
+                  ema_decay=c.train.ema_decay, sharding=sharding)
     key = jax.random.key(5)
     flops = benchmarking.compiled_flops(train._train_step.lower(state, key, None, schedule, batch,
                                                 **kwargs).compile())

@@ -17,11 +17,14 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from compdiff import cli, train
+from compdiff import cli
 from compdiff.data import captioned_scenes as cs
 from compdiff.data import examples
 from compdiff.data import images as image_data
 from compdiff.models import conditioning
+from compdiff.models.diffusion import predict
+from compdiff.models.loading import load_params
+from compdiff.training import tasks, writers
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Work directory of a text-conditioned run.")
 _NUM = flags.DEFINE_integer("num", 512, "Test scenes.")
@@ -30,10 +33,10 @@ flags.mark_flags_as_required(["workdir"])
 
 
 def caption_gap(workdir: str, num: int = 512, draws: int = 4, seed: int = 0) -> dict:
-    config, network, params = train.load_params(workdir)
+    config, network, params = load_params(workdir)
     if config.data.get("source") != "captioned_scenes":
         raise ValueError(f"{workdir} was not trained on captioned_scenes")
-    schedule = train.make_schedule(config)
+    schedule = tasks.make_schedule(config)
     source = cs.data_source(config.data.builder_config, "test", config.data.data_dir)
     table = examples.caption_embeddings(config.model.text_encoder)
     rng = np.random.default_rng(seed)
@@ -62,7 +65,7 @@ def caption_gap(workdir: str, num: int = 512, draws: int = 4, seed: int = 0) -> 
         eps = jax.random.normal(k_eps, x0.shape)
         x_t = jnp.sqrt(schedule.abar[t])[:, None] * x0 + schedule.sigma[t][:, None] * eps
         cond = conditioning.Conditions(value=value, present=jnp.full((x0.shape[0],), present))
-        _, eps_hat = train.predict(apply, params, config.model.parameterization, x_t, t, cond)
+        _, eps_hat = predict(apply, params, config.model.parameterization, x_t, t, cond)
         return jnp.sum((eps - eps_hat) ** 2, axis=-1)
 
     loss = {name: np.mean([np.asarray(per_image_loss(jnp.asarray(v), p, jax.random.key(k)))
@@ -77,7 +80,7 @@ def caption_gap(workdir: str, num: int = 512, draws: int = 4, seed: int = 0) -> 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    train.quiet_orbax_logs()
+    writers.quiet_orbax_logs()
     print(json.dumps(caption_gap(_WORKDIR.value, _NUM.value, _DRAWS.value)))
 
 

@@ -25,9 +25,11 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
-from compdiff import cli, concepts, distributed, train
+from compdiff import cli, concepts, distributed
 from compdiff.data import examples, images
+from compdiff.models.loading import load_params
 from compdiff.runtime import configure_cpu
+from compdiff.training import tasks, writers
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of a trained classifier.")
 _SPLIT = flags.DEFINE_string("split", "test", "Split to classify.")
@@ -37,7 +39,7 @@ flags.mark_flags_as_required(["workdir"])
 
 def accuracy(workdir: str, split: str = "test", level: int = 0, batch: int = 256) -> dict:
     """``{"accuracy", "num", ...}`` of the classifier in ``workdir`` on ``split``."""
-    config, network, params = train.load_params(workdir)
+    config, network, params = load_params(workdir)
     if config.get("task") != "classifier":
         raise ValueError(f"{workdir} holds a {config.get('task')}, not a classifier")
     noisy = config.model.get("noise_conditional", False)
@@ -77,7 +79,7 @@ def _predict(config: ml_collections.ConfigDict, network: Any, params: Any, x: np
              cond: np.ndarray | None, level: int, batch: int) -> np.ndarray:
     """Predicted labels of ``x`` (with queries ``cond``): ``logit > 0`` for one output."""
     noisy = config.model.get("noise_conditional", False)
-    schedule = train.make_schedule(config)
+    schedule = tasks.make_schedule(config)
     apply = jax.jit(lambda p, x, t, c: network.apply({"params": p}, x, t, c))
     preds = []
     for i in range(0, len(x), batch):
@@ -118,7 +120,7 @@ def main(argv: list[str]) -> None:
     distributed.initialize()
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    train.quiet_orbax_logs()
+    writers.quiet_orbax_logs()
     print(json.dumps(accuracy(_WORKDIR.value, _SPLIT.value, _LEVEL.value)))
 
 

@@ -29,11 +29,13 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from compdiff import cli, image_grids, prompts, samplers, text, text2image, train
+from compdiff import cli, image_grids, prompts, samplers, text, text2image
 from compdiff.data.images import to_uint8
 from compdiff.models.diffusion import DiffusionModel
+from compdiff.models.loading import build_model, load_params
 from compdiff.runtime import configure_cpu
 from compdiff.tapestry import Crop, Tapestry, grid_crops, tapestry
+from compdiff.training import writers
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Tapestry config file[:variant].",
                                           lock_config=True)
@@ -83,8 +85,8 @@ def text_encoder(model_config: ml_collections.ConfigDict, cond_dim: int) -> Enco
 def build(config: ml_collections.ConfigDict, model_dir: str, encode: Encode | None = None
           ) -> tuple[Tapestry, DiffusionModel]:
     """The tapestry of ``config`` over the model in ``model_dir``, and the model."""
-    model_config, _, params = train.load_params(model_dir)
-    model = train.build_model(model_config, params)
+    model_config, _, params = load_params(model_dir)
+    model = build_model(model_config, params)
     image_shape = tuple(model_config.model.get("image_shape") or ())
     if len(image_shape) != 3 or not model.cond_dim:
         raise ValueError(f"{model_dir} holds no conditional image model (image_shape "
@@ -150,7 +152,7 @@ def main(argv: list[str]) -> None:
     configure_cpu()
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    train.quiet_orbax_logs()
+    writers.quiet_orbax_logs()
     print(json.dumps(run(_CONFIG.value, _MODEL.value, _OUT.value, sampler_name=_SAMPLER.value)))
 
 

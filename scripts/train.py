@@ -9,6 +9,7 @@ from ml_collections import config_flags
 
 from compdiff import cli, distributed, train
 from compdiff.runtime import configure_cpu
+from compdiff.training import writers
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file[:variant].",
                                           lock_config=True)
@@ -21,7 +22,7 @@ def main(argv: list[str]) -> None:
     distributed.initialize()
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    train.quiet_orbax_logs()
+    writers.quiet_orbax_logs()
     train.train(_CONFIG.value, _WORKDIR.value)
 
 

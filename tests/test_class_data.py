@@ -19,6 +19,8 @@ from sklearn.datasets import load_digits
 from compdiff import train
 from compdiff.data import digits, examples, imagenet, images
 from compdiff.data import scene_classes as sc
+from compdiff.models.loading import load_params
+from compdiff.training import tasks
 from configs import classifier, guidance_models
 
 
@@ -266,7 +268,7 @@ def test_classifier_trains_two_steps(arg, data_dir, tmp_path):
     state = train.train(config, str(tmp_path / "run"))
     assert int(state.step) == 2
     assert all(np.all(np.isfinite(np.asarray(p))) for p in jax.tree.leaves(state.params))
-    _, network, params = train.load_params(str(tmp_path / "run"))
+    _, network, params = load_params(str(tmp_path / "run"))
     test = images.ImageSource.from_config(config.data, "test")
     x = test.example_fn(test.source[0], np.random.default_rng(0))["x"]
     t = np.ones(1, np.int32) if config.model.noise_conditional else None
@@ -284,7 +286,7 @@ def test_class_conditional_data_resolves_the_condition_length(data_dir):
     config.data.data_dir = data_dir
     data = images.ImageSource.from_config(config.data)
     assert data.image_shape == (16, 16, 1) and data.cond_dim == 10
-    resolved = train.resolve_config(config, data)
+    resolved = tasks.resolve_config(config, data)
     assert resolved.model.cond_dim == 10 and list(resolved.model.image_shape) == [16, 16, 1]
     batch = data.batches(8, seed=0).get(0)
     np.testing.assert_array_equal(batch["cond"].sum(-1), np.ones(8))

@@ -16,6 +16,8 @@ from compdiff import concepts, prompts, train
 from compdiff.data import captioned_scenes as cs
 from compdiff.data import examples, images
 from compdiff.models.classifier import ImageClassifier
+from compdiff.training import tasks
+from compdiff.training.state import init_state
 from configs import classifier, clevr_classifier, text2image_classifier
 
 
@@ -92,13 +94,13 @@ def test_multilabel_loss_is_the_mean_per_output_logistic_loss():
     logits = jax.random.normal(jax.random.key(0), (5, 12))
     labels = (jax.random.uniform(jax.random.key(1), (5, 12)) < 0.3).astype(np.float32)
     apply = lambda params, x, t, cond: logits  # noqa: E731
-    loss = train.classifier_loss(None, apply, None, {"x": np.zeros((5, 3)), "labels": labels},
+    loss = tasks.classifier_loss(None, apply, None, {"x": np.zeros((5, 3)), "labels": labels},
                                  None, noised=False)
     p = jax.nn.sigmoid(logits)
     expected = -np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p))
     assert float(loss) == pytest.approx(float(expected), rel=1e-5)
     with pytest.raises(ValueError, match="model.num_outputs = 12"):
-        train.classifier_loss(None, lambda *a: logits[:, :1], None,
+        tasks.classifier_loss(None, lambda *a: logits[:, :1], None,
                               {"x": np.zeros((5, 3)), "labels": labels}, None, noised=False)
 
 
@@ -107,7 +109,7 @@ def test_multilabel_loss_is_the_mean_per_output_logistic_loss():
 
 def _network(config) -> ImageClassifier:
     config.model.image_shape = [16, 16, 3]
-    return train.make_network(config)
+    return tasks.make_network(config)
 
 
 def _names(params) -> set[str]:
@@ -116,7 +118,7 @@ def _names(params) -> set[str]:
 
 
 def _abstract_params(config, network):  # shapes only: nothing compiled
-    return jax.eval_shape(lambda: train.init_state(config, network, jax.random.key(0))).params
+    return jax.eval_shape(lambda: init_state(config, network, jax.random.key(0))).params
 
 
 def _vector_query(config):
@@ -130,7 +132,7 @@ def test_vector_query_changes_the_logits_and_old_classifiers_keep_their_names():
     config = _vector_query(text2image_classifier.get_config("tiny"))
     assert ImageClassifier.query_dim == examples.CONCEPT_DIM
     net = _network(config)
-    state = train.init_state(config, net, jax.random.key(0))
+    state = init_state(config, net, jax.random.key(0))
     apply = jax.jit(lambda x, q: net.apply({"params": state.params}, x, None, q)[:, 0])
     x = jax.random.normal(jax.random.key(1), (1, net.dim))
     logits = [float(apply(x, examples.concept_vector(s, c)[None])[0])

@@ -23,10 +23,13 @@ import chex
 import numpy as np
 import pytest
 
-from compdiff import checkpoints, table2d
+from compdiff import checkpoints
 from compdiff import train as train_lib
 from compdiff import workdir as workdir_lib
+from compdiff.experiments import table2d
+from compdiff.models.loading import load_model
 from compdiff.testing import small_train_config
+from compdiff.training import writers
 
 _ROOT = pathlib.Path(__file__).parent.parent
 _STEPS = 60
@@ -186,7 +189,7 @@ def test_damaged_newest_checkpoint_falls_back(reference, at_40, tmp_path, caplog
     caplog.set_level(logging.INFO, logger="absl")
 
     # load_model (read-only, maybe beside a training): falls back, moves nothing.
-    model = train_lib.load_model(workdir)
+    model = load_model(workdir)
     warnings = our_warnings(caplog)
     assert len(warnings) == 1 and "\n" not in warnings[0], warnings
     assert warnings[0].startswith(f"Checkpoint {newest} does not restore (")
@@ -262,7 +265,7 @@ def test_second_training_refuses_at_once_and_a_dead_holder_is_taken_over(tmp_pat
 def test_locks_are_per_directory(tmp_path, caplog):
     root, sub = str(tmp_path), str(tmp_path / "models" / "ring")
     spec = importlib.util.spec_from_file_location("table2d_config",
-                                                  _ROOT / "configs" / "table2d.py")
+                                                  _ROOT / "configs" / "experiments" / "table2d.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     with workdir_lib.lock(root):
@@ -281,6 +284,6 @@ def test_locks_are_per_directory(tmp_path, caplog):
 def test_a_metrics_line_torn_by_a_kill_is_dropped_on_resume(tmp_path):
     lines = [json.dumps({"step": s, "loss": 1.0}) + "\n" for s in (10, 20, 30)]
     (tmp_path / "metrics.jsonl").write_text("".join(lines) + '{"step": 40, "lo')
-    train_lib._truncate_metrics(str(tmp_path), 20)
+    writers.truncate_metrics(str(tmp_path), 20)
     assert (tmp_path / "metrics.jsonl").read_text() == "".join(lines[:2])
     assert sorted(os.listdir(tmp_path)) == ["metrics.jsonl"]  # its .tmp renamed over it

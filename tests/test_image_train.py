@@ -16,6 +16,10 @@ import pytest
 
 from compdiff import train
 from compdiff.data import clevr_positions, examples, images
+from compdiff.models.diffusion import LinenApply
+from compdiff.models.loading import load_model, load_params
+from compdiff.training import state as state_lib
+from compdiff.training import tasks
 from configs import clevr, clevr_classifier
 
 _ROOT = pathlib.Path(__file__).parent.parent
@@ -64,7 +68,7 @@ def test_image_training_resumes_bit_identically(data_dir, tmp_path):
     assert all(r["examples_per_sec"] > 0 for r in records)
     saved = json.load(open(os.path.join(interrupted, "config.json")))
     assert saved["model"]["image_shape"] == [16, 16, 3] and saved["model"]["cond_dim"] == 2
-    model = train.load_model(interrupted)
+    model = load_model(interrupted)
     assert model.dim == 768 and model.cond_dim == 2
 
 
@@ -101,13 +105,13 @@ def test_classifier_trains_through_the_same_loop(data_dir, tmp_path):
     config.data.data_dir = data_dir
     config.train.steps = 3
     train.train(config, str(tmp_path / "clf"))
-    saved, network, params = train.load_params(str(tmp_path / "clf"))
+    saved, network, params = load_params(str(tmp_path / "clf"))
     assert saved.task == "classifier"
-    logits = train.LinenApply(network)(params, jnp.zeros((2, 768)), None,
-                                       jnp.full((2, 2), 0.5))
+    logits = LinenApply(network)(params, jnp.zeros((2, 768)), None,
+                                 jnp.full((2, 2), 0.5))
     assert logits.shape == (2, 1)
     with pytest.raises(ValueError, match="not a diffusion model"):
-        train.load_model(str(tmp_path / "clf"))
+        load_model(str(tmp_path / "clf"))
 
 
 def test_wrong_condition_length_is_a_clear_error(data_dir, tmp_path):
@@ -121,8 +125,8 @@ def test_paper_config_shapes_and_one_step():
     """RRR appendix G's model (64 px, channels 128, 1,2,3,4, 3 blocks) at batch 2."""
     config = clevr.get_config("paper,param=eps")
     config.model.image_shape, config.model.dim = [64, 64, 3], 64 * 64 * 3
-    network = train.make_network(config)
-    state = jax.eval_shape(lambda: train.init_state(config, network, jax.random.key(0)))
+    network = tasks.make_network(config)
+    state = jax.eval_shape(lambda: state_lib.init_state(config, network, jax.random.key(0)))
     count = sum(np.prod(p.shape) for p in jax.tree.leaves(state.params))
     assert 100e6 < count < 130e6, count
     assert (network.channels, network.channel_mult, network.num_res_blocks) == (
@@ -133,11 +137,11 @@ def test_paper_config_shapes_and_one_step():
     # running it cost CI a minute and checks nothing the small-network tests do not).
     batch = {"x": jax.ShapeDtypeStruct((2, network.dim), jnp.float32),
              "cond": jax.ShapeDtypeStruct((2, 2), jnp.float32)}
-    sharding = train.NamedSharding(train._replicated().mesh, train.PartitionSpec("batch"))
+    loss_of = tasks.DenoisingLoss("eps", cond_dropout=0.1)
     new_state, loss = jax.eval_shape(lambda s, b: train._train_step(
-        s, jax.random.key(2), None, train.make_schedule(config), b, network=network,
-        parameterization="eps", batch_size=2, lr=1e-4, grad_clip=10.0, ema_decay=0.9999,
-        sharding=sharding, cond_dropout=0.1), state, batch)
+        s, jax.random.key(2), None, tasks.make_schedule(config), b, network=network,
+        loss=loss_of, batch_size=2, lr=1e-4, grad_clip=10.0, ema_decay=0.9999,
+        sharding=state_lib.batch_sharding()), state, batch)
     assert loss.shape == () and jax.tree.map(lambda a: a.shape, new_state.params) == \
         jax.tree.map(lambda a: a.shape, state.params)
 

@@ -7,10 +7,10 @@ import ml_collections
 import pytest
 
 from compdiff import compose
-from compdiff import train as train_lib
 from compdiff.models import DiffusionModel, ResidualMLP
 from compdiff.models.diffusion import LinenApply, predict
 from compdiff.models.mlp import sinusoidal_embedding
+from compdiff.training import tasks
 from configs import toy2d as toy2d_config
 
 ENERGY_FORMS = {
@@ -168,7 +168,7 @@ def _shapes(params):
 def test_default_network_is_unchanged(x):
     """Default config: the parameter tree of every earlier checkpoint, and the same outputs."""
     config = toy2d_config.get_config("dataset=ring,param=energy_dae")
-    net = train_lib.make_network(config, 2)
+    net = tasks.make_network(config, 2)
     assert (net.widen, net.norm) == (1, "none")
     params = net.init(jax.random.key(0), jnp.zeros((1, 2)), jnp.zeros(1, jnp.int32))["params"]
     expected = {"input/kernel": (2, 128), "input/bias": (128,),
@@ -185,7 +185,7 @@ def test_default_network_is_unchanged(x):
     # A config saved before the fields existed builds the same network.
     old = ml_collections.ConfigDict(config.to_dict())
     del old.model["widen"], old.model["norm"]
-    assert train_lib.make_network(old, 2) == net
+    assert tasks.make_network(old, 2) == net
 
 
 @pytest.mark.parametrize("widen,norm", [(1, "layernorm"), (2, "none"), (2, "layernorm")])
@@ -253,4 +253,4 @@ def test_bad_architecture_raises(widen, norm, match):
         assert not isinstance(widen, int)
         return
     with pytest.raises(ValueError, match=match):
-        train_lib.make_network(config, 2)
+        tasks.make_network(config, 2)

@@ -35,8 +35,9 @@ import pytest
 from absl import flags
 from absl.testing import flagsaver
 
-from compdiff import distributed, train
+from compdiff import distributed
 from compdiff.data import images
+from compdiff.models.loading import load_params
 
 _ROOT = pathlib.Path(__file__).resolve().parent.parent
 ATOL = 1e-6  # see the module docstring: all-reduce order, not data
@@ -99,7 +100,7 @@ def _steps(workdir: pathlib.Path) -> list[int]:
 
 
 def _params(workdir: pathlib.Path):
-    return jax.tree.leaves(train.load_params(str(workdir), use_ema=False)[2])
+    return jax.tree.leaves(load_params(str(workdir), use_ema=False)[2])
 
 
 def test_two_processes_equal_one_and_survive_a_kill(tmp_path):

@@ -17,12 +17,14 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from compdiff import checkpoints, samplers, schedules, train
+from compdiff import checkpoints, samplers, schedules
 from compdiff.compose import Density
 from compdiff.data import captioned_scenes
 from compdiff.models.diffusion import DiffusionModel, classifier_free_product
 from compdiff.tapestry import Crop, Tapestry, grid_crops, tapestry
 from compdiff.testing import counting_conditional_model
+from compdiff.training import tasks
+from compdiff.training.state import init_state
 from configs import tapestry as tapestry_configs
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -260,7 +262,7 @@ TEXT_DIM = 384  # all-MiniLM-L6-v2's, so the real encoder fits the tiny model to
 
 def _save_tiny_text_model(workdir: pathlib.Path, parameterization: str) -> None:
     """An untrained 8x8 text-conditioned UNet saved as ``train.train`` saves a run (its
-    resolved config.json and an orbax checkpoint), so ``train.load_model`` reads it."""
+    resolved config.json and an orbax checkpoint), so ``load_model`` reads it."""
     config = ml_collections.ConfigDict({
         "task": "diffusion",
         "data": {"source": "captioned_scenes", "builder_config": "tiny",
@@ -273,7 +275,7 @@ def _save_tiny_text_model(workdir: pathlib.Path, parameterization: str) -> None:
         "schedule": {"name": "linear", "num_levels": 3},
         "train": {"lr": 1e-3, "grad_clip": 1.0},
     })
-    state = train.init_state(config, train.make_network(config), jax.random.key(0))
+    state = init_state(config, tasks.make_network(config), jax.random.key(0))
     manager = checkpoints.open_manager(str(workdir))
     manager.save(0, args=ocp.args.StandardSave(state))
     manager.wait_until_finished()

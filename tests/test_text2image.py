@@ -8,6 +8,8 @@ import pytest
 
 from compdiff import text2image, train
 from compdiff.data import examples
+from compdiff.models.loading import load_model
+from compdiff.training import tasks
 from configs import text2image as text2image_config
 from configs import text2image_classifier
 from tests.test_cli import assert_one_line, run_script
@@ -88,9 +90,9 @@ def test_the_run_standardizes_captions_by_the_training_conditions(text_run):
     """The saved config carries the statistics of the training conditions, and the rebuilt
     network reads them."""
     config = json.loads((text_run / "config.json").read_text())
-    source = train.make_data(ml_collections.ConfigDict(config), None)
+    source = tasks.make_data(ml_collections.ConfigDict(config), None)
     shift, scale = source.condition_stats()
     np.testing.assert_allclose(config["model"]["cond_shift"], shift, rtol=1e-6)
     np.testing.assert_allclose(config["model"]["cond_scale"], scale, rtol=1e-6)
-    model = train.load_model(str(text_run))
+    model = load_model(str(text_run))
     assert len(model.apply_fn.module.cond_shift) == text2image_config.TEXT_DIM

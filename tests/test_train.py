@@ -12,9 +12,13 @@ import jax
 import pytest
 
 from compdiff import train as train_lib
+from compdiff.data import toy2d
 from compdiff.models import DiffusionModel
 from compdiff.models.diffusion import LinenApply
+from compdiff.models.loading import load_model
 from compdiff.testing import small_train_config
+from compdiff.training import tasks, writers
+from compdiff.training.state import init_state
 
 _CONFIG_FILE = pathlib.Path(__file__).parent.parent / "configs" / "toy2d.py"
 
@@ -58,13 +62,13 @@ def test_training_reduces_loss(tmp_path):
     config = small_config("energy_l2", steps=150)
     config.train.update(log_every=50, checkpoint_every=150)
     state = train_lib.train(config, str(tmp_path))
-    schedule = train_lib.make_schedule(config)
-    oracle = train_lib.toy2d.get("ring", schedule)
-    apply_fn = LinenApply(train_lib.make_network(config, 2))
+    schedule = tasks.make_schedule(config)
+    oracle = toy2d.get("ring", schedule)
+    apply_fn = LinenApply(tasks.make_network(config, 2))
     x0 = jax.jit(oracle.sample, static_argnums=1)(jax.random.key(7), 4096)
-    loss = jax.jit(lambda p: train_lib.loss_fn(p, apply_fn, "energy_l2", schedule, x0,
+    loss = jax.jit(lambda p: tasks.loss_fn(p, apply_fn, "energy_l2", schedule, x0,
                                                jax.random.key(8)))
-    initial = train_lib.init_state(config, apply_fn.module, jax.random.key(0)).params
+    initial = init_state(config, apply_fn.module, jax.random.key(0)).params
     assert loss(state.params) < 0.5 * loss(initial)
     # The bias-corrected EMA (decay 0.999) weighs all 150 iterates about equally: it trails.
     assert loss(state.ema_params) < loss(initial)
@@ -91,24 +95,24 @@ def test_ema_is_bias_corrected(tmp_path):
     expected = jax.tree.map(lambda p1, p2, p3: (p1 / 8 + p2 / 4 + p3 / 2) / (1 - 0.5**3),
                             *iterates)
     chex.assert_trees_all_close(state.ema_params, expected, rtol=1e-6, atol=1e-7)
-    chex.assert_trees_all_close(train_lib.load_model(workdir).params, expected,
+    chex.assert_trees_all_close(load_model(workdir).params, expected,
                                 rtol=1e-6, atol=1e-7)
 
 
 def test_interrupted_run_resumes_to_identical_state(finished, tmp_path, monkeypatch, caplog):
     uninterrupted_dir, uninterrupted = finished
     workdir = str(tmp_path)
-    write = train_lib._write_metrics
+    write = writers.write_metrics
 
     def killed_after_step_30(workdir, record):
         write(workdir, record)
         if record["step"] == 30:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_lib, "_write_metrics", killed_after_step_30)
+    monkeypatch.setattr(writers, "write_metrics", killed_after_step_30)
     with pytest.raises(KeyboardInterrupt):
         train_lib.train(small_config(), workdir)
-    monkeypatch.setattr(train_lib, "_write_metrics", write)
+    monkeypatch.setattr(writers, "write_metrics", write)
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["20"]
     assert metric_steps(workdir) == [10, 20, 30]
 
@@ -139,10 +143,10 @@ def test_resume_refuses_a_different_model(finished, tmp_path):
 
 def test_load_model(finished):
     workdir, state = finished
-    model = train_lib.load_model(workdir)
+    model = load_model(workdir)
     assert isinstance(model, DiffusionModel) and model.parameterization == "eps"
     chex.assert_trees_all_equal(model.params, state.ema_params)
-    chex.assert_trees_all_equal(train_lib.load_model(workdir, use_ema=False).params,
+    chex.assert_trees_all_equal(load_model(workdir, use_ema=False).params,
                                 state.params)
     assert model.score(jax.numpy.zeros((3, 2)), 5).shape == (3, 2)
 
@@ -150,10 +154,10 @@ def test_load_model(finished):
 def test_load_model_missing(tmp_path):
     missing = str(tmp_path / "nope")
     with pytest.raises(FileNotFoundError, match=missing):
-        train_lib.load_model(missing)
+        load_model(missing)
     (tmp_path / "config.json").write_text(small_config().to_json())
     with pytest.raises(FileNotFoundError, match="no checkpoints"):
-        train_lib.load_model(str(tmp_path))
+        load_model(str(tmp_path))
 
 
 def test_load_model_corrupt_checkpoint(finished, tmp_path):
@@ -164,4 +168,4 @@ def test_load_model_corrupt_checkpoint(finished, tmp_path):
         for name in files:
             pathlib.Path(root, name).write_bytes(b"garbage")
     with pytest.raises(ValueError, match=f"no checkpoint in {checkpoints} restores .*40: "):
-        train_lib.load_model(workdir)
+        load_model(workdir)

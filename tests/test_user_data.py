@@ -19,6 +19,7 @@ import pytest
 
 from compdiff import train as train_lib
 from compdiff.data import points
+from compdiff.models.loading import load_model
 from configs import toy2d as toy2d_config
 
 ROOT = pathlib.Path(__file__).parent.parent
@@ -157,8 +158,8 @@ def test_three_dimensional_points_load_without_the_data(tmp_path):
     path.unlink()  # the work directory alone rebuilds the model
     script = textwrap.dedent(f"""
         import json, jax.numpy as jnp
-        from compdiff import train
-        m = train.load_model({workdir!r})
+        from compdiff.models.loading import load_model
+        m = load_model({workdir!r})
         s = m.score(jnp.zeros((4, 3)), 5)
         print("RESULT", json.dumps({{"dim": m.dim, "name": m.name, "shape": list(s.shape),
                                     "finite": bool(jnp.isfinite(s).all()),
@@ -201,13 +202,13 @@ def test_old_workdir_without_model_dim(run_2d, tmp_path):
     del config["model"]["dim"]
     (workdir / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=f"cannot rebuild the model of {workdir} .* set model.dim"):
-        train_lib.load_model(str(workdir))
+        load_model(str(workdir))
 
     # As an old run on a built-in 2D dataset wrote it (no data.path, no model.dim).
     del config["data"]["path"]
     config["data"]["dataset"] = "left_half_ring"
     (workdir / "config.json").write_text(json.dumps(config))
-    model = train_lib.load_model(str(workdir))
+    model = load_model(str(workdir))
     assert model.dim == 2 and model.name == "left_half_ring/energy_l2"
     old = small_config()
     old.data.dataset = "left_half_ring"
