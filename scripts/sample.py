@@ -8,8 +8,9 @@ A prompt to a text-conditioned model (``configs/text2image.py``), written as a s
 
 (``AND``, ``OR``, ``NOT``, ``phrase:weight``, parentheses: :mod:`compdiff.prompts`;
 ``--scale`` is the classifier-free weight; samplers use the image settings of
-:data:`compdiff.text2image.IMAGE_SAMPLERS`; ``--judge`` scores the samples with a concept
-classifier: ``accuracy`` in the printed summary.) Compositions of 2D models:
+:data:`compdiff.text2image.IMAGE_SAMPLERS`, named by their registry labels (``hmc+smc``);
+``--judge`` scores the samples with a concept classifier: ``accuracy`` in the printed
+summary.) Compositions of 2D models:
 
     python scripts/sample.py --model=ring=runs/ring --model=bar=runs/bar \
         --composition="ring*bar" --sampler=mala --steps_per_level=10 --step=0.002 \
@@ -30,8 +31,13 @@ at the lowest-noise levels), chains that diverged, whether the composition
 is improper (it then refuses unless ``--allow_improper``) and, for products
 and negations with ``mala``/``hmc``, whether it is empty
 (:mod:`compdiff.diagnostics`). Settings can come from a file with ``--flagfile``.
+
+A sampler of your own: a module that calls :func:`compdiff.samplers.register` at import,
+named by ``--register=my_module`` (importable from the working directory or
+``PYTHONPATH``), then ``--sampler=<its name>``.
 """
 
+import importlib
 import json
 import os
 
@@ -53,6 +59,7 @@ from compdiff import (
 )
 from compdiff.data import toy2d
 from compdiff.distributed import gather, initialize, is_main
+from compdiff.models import loading
 from compdiff.runtime import configure_cpu
 
 _MODELS = flags.DEFINE_multi_string("model", None, "NAME=WORKDIR or NAME=oracle:DATASET.")
@@ -64,7 +71,10 @@ _SCALE = flags.DEFINE_float("scale", 3.0, "With --prompt: the classifier-free we
 _JUDGE = flags.DEFINE_string("judge", None, "With --prompt: a concept classifier's work "
                              "directory (configs/text2image_classifier.py) that scores the "
                              "samples against the prompt.")
-_SAMPLER = flags.DEFINE_string("sampler", "mala", f"One of {samplers.names()}.")
+_REGISTER = flags.DEFINE_multi_string("register", [], "Modules to import first: they "
+                                      "register samplers (compdiff.samplers.register).")
+_SAMPLER = flags.DEFINE_string("sampler", "mala", f"One of {samplers.names()} or a sampler "
+                               "registered by a --register module.")
 _STEPS = flags.DEFINE_integer("steps_per_level", 10, "Kernel steps per level.")
 _LEAPFROG = flags.DEFINE_integer("leapfrog", 3, "Leapfrog steps per HMC step.")
 _STEP = flags.DEFINE_float("step", 0.002, "Step size a of eta_t = a * beta_t ** step_b.")
@@ -130,7 +140,7 @@ def _load(specs: dict[str, str]):
     Trained leaves need only their work directories (any data, any dimension);
     with ``--exact`` every leaf must also have a built-in oracle, checked before sampling.
     """
-    trained = {n: train.load_model(s) for n, s in specs.items() if not s.startswith("oracle:")}
+    trained = {n: loading.load_model(s) for n, s in specs.items() if not s.startswith("oracle:")}
     if _EXACT.value:
         for source in specs.values():
             _dataset(source)
@@ -160,6 +170,8 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     train.quiet_orbax_logs()
+    for module in _REGISTER.value:
+        importlib.import_module(module)
     if _PROMPT.value is not None:
         _sample_prompt()
         return
@@ -169,11 +181,10 @@ def main(argv: list[str]) -> None:
         raise app.UsageError("with several models, --composition must say how to combine them")
     level = int(_LEVEL.value or (1 if _EXACT.value else 0))
     options = {} if _DAMPING.value is None else {"damping": _DAMPING.value}
-    sampler = samplers.get(_SAMPLER.value, steps_per_level=_STEPS.value,
-                           leapfrog=_LEAPFROG.value,
-                           step=samplers.StepRule(_STEP.value, _STEP_B.value),
-                           mass=samplers.MassRule(_MASS.value, _MASS_P.value),
-                           resample_ess=_RESAMPLE.value, **options)
+    sampler = samplers.registry.from_fields(
+        _SAMPLER.value, steps_per_level=_STEPS.value, leapfrog=_LEAPFROG.value,
+        step=(_STEP.value, _STEP_B.value), mass=(_MASS.value, _MASS_P.value),
+        resample_ess=_RESAMPLE.value, **options)
     leaves, schedule = _load(specs)
     target = expr.parse(text, leaves)
     improper = target.has_log_prob and diagnostics.improper_reason(target, 1)

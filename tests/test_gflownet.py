@@ -1,13 +1,19 @@
 """GFlowNet sculpting on tiny grids: exact DP, exact composition, training that works."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
 
-from compdiff.gflownet import classifier, composition, env, gflownet_table, tb
-from compdiff.gflownet.table import OPERATORS, default_config, markdown
+from compdiff.experiments import common
+from compdiff.experiments.gflownet import markdown
+from compdiff.experiments.gflownet import run as gflownet_table
+from compdiff.gflownet import classifier, composition, env, tb
+from configs.experiments.gflownet import OPERATORS
+from configs.experiments.gflownet import get_config as default_config
 
 
 def _rewards(h):
@@ -102,13 +108,16 @@ def test_learned_classifier_guides_towards_the_harmonic_mean(exact_setup):
     assert learned < flat / 4, (learned, flat)
 
 
-def test_table_rows_and_errors():
+def test_table_rows_and_errors(tmp_path):
     config = default_config("quick")
     config.size = 4
     config.gflownet.steps = config.classifier.steps = 20
     config.gflownet.hidden = config.classifier.hidden = 32
     config.classifier.ramp_steps = 10
-    rows = gflownet_table(config)
+    result = common.run(config, str(tmp_path))  # the protocol: JSON and Markdown files
+    rows = result["rows"]
+    assert json.loads((tmp_path / "gflownet.json").read_text())["rows"] == rows
+    assert (tmp_path / "gflownet.md").read_text().startswith(markdown(result))
     assert {r["operator"] for r in rows} == set(OPERATORS) | {"base_1", "base_2"}
     assert all(set(r) == {"operator", "method", "l1"} for r in rows)
     exact = [r["l1"] for r in rows if r["method"] == "exact_base_exact_classifier"]

@@ -8,7 +8,7 @@ import pytest
 from compdiff import exact, metrics, oracles, samplers, schedules, sculpt, train
 from compdiff.compose import Density
 from compdiff.data import toy2d
-from configs import sculpt2d as sculpt2d_config
+from configs.experiments import sculpt2d as sculpt2d_config
 
 
 @pytest.fixture(scope="module")

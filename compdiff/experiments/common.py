@@ -33,7 +33,7 @@ import os
 import pkgutil
 import platform
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import ModuleType
 from typing import Any
 
@@ -42,10 +42,13 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from compdiff import samplers, schedules, train
+from compdiff import diagnostics, samplers, schedules, train
 from compdiff import workdir as workdir_lib
+from compdiff.compose import Density
 from compdiff.samplers import registry
+from compdiff.schedules import Schedule
 
+Array = jax.Array
 EQUAL = "reverse_equal"  # reverse diffusion at the NFE of the costliest MCMC row
 
 
@@ -177,6 +180,45 @@ def train_models(jobs: Mapping[str, ml_collections.ConfigDict], workdir: str
         train.train(config, os.path.join(workdir, path))
         seconds[path] = time.time() - start
     return seconds
+
+
+# --- one 2D cell ------------------------------------------------------------------------------
+def run_cell(density_fn: Callable[[], Any], sampler: samplers.Sampler, spec: Mapping,
+             schedule: Schedule, key: Array, num: int, extent: float
+             ) -> tuple[dict, np.ndarray | None, Density | None]:
+    """Samples one cell of a 2D table at level 1. ``density_fn()`` builds the composition
+    (it may refuse); a row with ``target_accept > 0`` first tunes the step size to it.
+
+    Returns ``(row fields, samples, composition)``; an impossible cell (the
+    library refuses the composition, or it is improper beyond the evaluation
+    window ``[-extent, extent]^2``) gives ``status: n/a`` with the library's
+    message and no samples.
+    """
+    t0 = time.time()
+    try:
+        density = built = density_fn()
+        if sampler.name == "reverse_equal":  # the levels it samples, as the other cells see them
+            density, _ = samplers.last_levels(built, schedule, sampler.budget)
+        # Only a log-density has a normalizer to lack; reverse diffusion of a
+        # score-only composition never needs one.
+        improper = density.has_log_prob and diagnostics.improper_reason(density, 1,
+                                                                         extent=extent)
+        if improper:
+            raise ValueError(improper)
+        if spec.get("target_accept", 0.0) > 0:
+            sampler = samplers.tune_step(density, sampler, schedule, jax.random.fold_in(key, 1),
+                                         spec["target_accept"])
+        tuned = time.time() - t0
+        t0 = time.time()
+        x, stats = samplers.sample(built, sampler, schedule, key, num, denoise=False)
+        x = np.asarray(jax.block_until_ready(x))
+    except ValueError as e:
+        return {"status": "n/a", "reason": str(e)}, None, None
+    health = stats.summary()
+    return {"status": "ok", "accept": health["accept_mean"],
+            "accept_level1": health["accept_level1"], "diverged": stats.diverged,
+            "nfe": stats.nfe, "seconds": time.time() - t0, "tune_seconds": tuned,
+            "step": sampler.step.a}, x, density
 
 
 # --- samplers ---------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Compositional Sculpting on 2D oracles: guided and algebraic routes against exact targets.
 
-For every operator of ``configs/sculpt2d.py`` (a pair of base datasets and a
+For every operator of ``configs/experiments/sculpt2d.py`` (a pair of base datasets and a
 :mod:`compdiff.sculpt` operator), realization and sampler:
 
 1. the exact target: the operator applied to the bases' level-0 densities and
@@ -11,7 +11,8 @@ For every operator of ``configs/sculpt2d.py`` (a pair of base datasets and a
    :mod:`compdiff.train`'s ``sculpt_classifier`` task under
    ``DIR/classifiers/<bases>``, reused when present) or ``algebraic``;
 3. a sampler draws ``num_samples`` at level 1 (as the 2D table does,
-   :func:`compdiff.table2d.run_cell`), scored by :mod:`compdiff.metrics`:
+   :func:`compdiff.experiments.common.run_cell`; every realization and sampler of an
+   operator from one key, so their samples are paired), scored by :mod:`compdiff.metrics`:
 
    - ``ll`` (exact normalized log-density of the samples) and ``ll_exact``
      (of exact samples), ``mmd`` (unbiased MMD^2 to the exact samples) and
@@ -24,17 +25,15 @@ For every operator of ``configs/sculpt2d.py`` (a pair of base datasets and a
      level-1 target (the operator on level-1 densities), which separates the
      sampler's error from the route's (at ``t > 0`` the two targets differ).
 
-Outputs under ``DIR``: ``sculpt2d.json``, ``sculpt2d.md``,
-``samples/<operator>_<realization>_<sampler>.npz`` and
-``figures/sculpt2d_<operator>.png``; with ``config.gflownet`` set and
-:mod:`compdiff.gflownet` present, also ``gflownet.json``.
+Outputs under ``DIR``: ``sculpt2d.json``, ``sculpt2d.md`` (the protocol,
+:mod:`compdiff.experiments.common`), ``samples/<operator>_<realization>_<sampler>.npz`` and
+``figures/sculpt2d_<operator>.png``. (The GFlowNet half is its own experiment,
+:mod:`compdiff.experiments.gflownet`.)
 """
 
 from __future__ import annotations
 
 import copy
-import json
-import math
 import os
 import time
 from typing import Any
@@ -44,9 +43,9 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from compdiff import exact, metrics, plots, schedules, sculpt, table2d, train
-from compdiff import workdir as workdir_lib
+from compdiff import exact, metrics, plots, schedules, sculpt
 from compdiff.data import toy2d
+from compdiff.experiments import common
 from compdiff.schedules import Schedule
 
 REALIZATIONS = ("guided_exact", "guided_learned", "algebraic")
@@ -81,11 +80,10 @@ def _learned(config: ml_collections.ConfigDict, workdir: str, bases: tuple[str, 
         c.data.bases = list(bases)
         c.data.dataset = "+".join(bases)
         c.schedule.num_levels = config.schedule.num_levels
-        path = os.path.join(workdir, "classifiers", "_".join(bases))
-        t0 = time.time()
-        train.train(c, path)
-        cache[bases] = sculpt.load_classifier(path)
-        logging.info("classifier %s ready in %.1fs (%s)", bases, time.time() - t0, path)
+        path = os.path.join("classifiers", "_".join(bases))
+        seconds = common.train_models({path: c}, workdir)
+        cache[bases] = sculpt.load_classifier(os.path.join(workdir, path))
+        logging.info("classifier %s ready in %.1fs (%s)", bases, seconds[path], path)
     return cache[bases]
 
 
@@ -116,12 +114,6 @@ def _samplers_for(config: ml_collections.ConfigDict, realization: str) -> list[s
     return list(config.guided_samplers[realization])
 
 
-def _clean(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def _run_operator(config: ml_collections.ConfigDict, workdir: str, schedule: Schedule, oi: int,
                   name: str, classifiers: dict) -> list[dict]:
     spec, g = config.operators[name], config.grid
@@ -142,16 +134,16 @@ def _run_operator(config: ml_collections.ConfigDict, workdir: str, schedule: Sch
                  "tv_floor %.3f", name, op.name, tuple(spec.bases), time.time() - t0, ll_exact,
                  floors["mmd_floor"], floors["tv_floor"])
     rows, figure_rows = [], []
-    for ri, realization in enumerate(spec.realizations or config.realizations):
+    cell_key = jax.random.fold_in(key, 3)  # one key for every cell: paired samples
+    for realization in spec.realizations or config.realizations:
         panels = [("exact (level 1)", target)]
         learned = lambda: _learned(config, workdir, tuple(spec.bases), classifiers)  # noqa: E731
         density_fn = _builder(realization, op, bases, schedule, config, learned)
-        for si, sname in enumerate(_samplers_for(config, realization)):
-            sspec = config.samplers[sname]
-            sampler = table2d.make_sampler(sspec)
-            fields, x, _ = table2d.run_cell(density_fn, sampler, sspec, schedule,
-                                            jax.random.fold_in(key, 100 * (ri + 1) + si),
-                                            config.num_samples, g.extent)
+        for key_name in _samplers_for(config, realization):
+            sspec = config.samplers[key_name]
+            sampler, sname = common.make_sampler(sspec), common.row_label(sspec)
+            fields, x, _ = common.run_cell(density_fn, sampler, sspec, schedule, cell_key,
+                                           config.num_samples, g.extent)
             row = {"operator": name, "op": op.name, "bases": list(spec.bases),
                    "realization": realization, "sampler": sname, **fields, **floors}
             if x is None:
@@ -169,53 +161,21 @@ def _run_operator(config: ml_collections.ConfigDict, workdir: str, schedule: Sch
                              ll_exact, row["mmd"], floors["mmd_floor"], row["tv"],
                              floors["tv_floor"], row["nfe"], row["seconds"])
                 panels.append((sname, x))
-            rows.append({k: _clean(v) for k, v in row.items()})
+            rows.append(common.strict(row))
         figure_rows.append((realization, panels))
     plots.figure(os.path.join(workdir, "figures", f"sculpt2d_{name}.png"), figure_rows,
                  extent=config.figure.extent)
     return rows
 
 
-def _gflownet(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
-    """``DIR/gflownet.json`` from :func:`compdiff.gflownet.gflownet_table`, when both exist."""
-    if not config.get("gflownet", ""):
-        return None
-    try:
-        from compdiff import gflownet
-    except ImportError:
-        logging.info("config.gflownet is set but compdiff.gflownet is missing: skipped")
-        return None
-    t0 = time.time()
-    result = {"rows": gflownet.gflownet_table(gflownet.default_config(config.gflownet)),
-              "variant": config.gflownet, "machine": table2d.machine()}
-    result["wall_seconds"] = time.time() - t0
-    with open(os.path.join(workdir, "gflownet.json"), "w") as f:
-        json.dump(result, f, indent=1, allow_nan=False)
-    return result
-
-
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Builds the table in ``workdir`` (holding its lock); returns ``sculpt2d.json``'s content."""
-    with workdir_lib.lock(workdir):
-        t_start = time.time()
-        for sub in ("samples", "figures"):
-            os.makedirs(os.path.join(workdir, sub), exist_ok=True)
-        schedule = schedules.get(config.schedule.name, config.schedule.num_levels)
-        classifiers: dict = {}
-        rows = [row for oi, name in enumerate(config.operator_names)
-                for row in _run_operator(config, workdir, schedule, oi, name, classifiers)]
-        result = {"rows": rows, "machine": table2d.machine(), "variant": config.get("variant"),
-                  "wall_seconds": time.time() - t_start}
-        with open(os.path.join(workdir, "sculpt2d.json"), "w") as f:
-            json.dump(result, f, indent=1, allow_nan=False)
-        with open(os.path.join(workdir, "sculpt2d.md"), "w") as f:
-            f.write(markdown(result))
-        logging.info("sculpt2d done in %.1fs: %s", result["wall_seconds"], workdir)
-        gfn = _gflownet(config, workdir)
-        if gfn is not None:
-            logging.info("gflownet table in %.1fs: %s/gflownet.json", gfn["wall_seconds"],
-                         workdir)
-        return result
+def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
+    """Builds the table's rows in ``workdir`` (the protocol writes ``sculpt2d.json``)."""
+    for sub in ("samples", "figures"):
+        os.makedirs(os.path.join(workdir, sub), exist_ok=True)
+    schedule = schedules.get(config.schedule.name, config.schedule.num_levels)
+    classifiers: dict = {}
+    return [row for oi, name in enumerate(config.operator_names)
+            for row in _run_operator(config, workdir, schedule, oi, name, classifiers)]
 
 
 # --- Markdown ---------------------------------------------------------------------------------
@@ -255,5 +215,4 @@ def markdown(result: dict) -> str:
                 r = min(ok, key=lambda r: r["mmd"])
                 best.append(f"{realization} {r['sampler']} {r['mmd']:.2e}")
         lines.append(f"- {name}: " + "; ".join(best))
-    lines.append(f"\nMachine: {result['machine']}. Wall time {result['wall_seconds']:.0f}s.")
     return "\n".join(lines) + "\n"

@@ -5,7 +5,8 @@ For every composition (``configs/experiments/table2d.py``), model kind and sampl
 1. the component models are trained (or reused: :func:`compdiff.train.train`
    resumes a finished run as a no-op) under ``DIR/models/<dataset>_<param>``;
 2. the composition is built from oracles, ``eps`` models or energy models;
-3. a sampler draws ``num_samples`` at level 1, and the samples are scored by
+3. a sampler draws ``num_samples`` at level 1 (:func:`compdiff.experiments.common.run_cell`),
+   and the samples are scored by
    :mod:`compdiff.metrics` against the exact target, level 1 of the same
    composition of *oracles* normalized on a grid (:func:`compdiff.exact.on_grid`).
 
@@ -49,11 +50,11 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from compdiff import compose, diagnostics, exact, metrics, plots, samplers, schedules, sculpt, train
+from compdiff import compose, diagnostics, exact, metrics, plots, samplers, schedules, sculpt
 from compdiff.compose import Density
 from compdiff.data import toy2d
 from compdiff.experiments import common, paired
-from compdiff.models import is_energy
+from compdiff.models import is_energy, loading
 from compdiff.schedules import Schedule
 
 Array = jnp.ndarray
@@ -141,7 +142,7 @@ def load_models(config: ml_collections.ConfigDict, workdir: str, equal_levels: i
     paths = {key: os.path.relpath(model_workdir(workdir, *key, config.schedule.num_levels),
                                   workdir) for key in needed}
     seconds = common.train_models({paths[k]: train_config(config, *k) for k in needed}, workdir)
-    return {k: train.load_model(os.path.join(workdir, paths[k])) for k in needed}, seconds
+    return {k: loading.load_model(os.path.join(workdir, paths[k])) for k in needed}, seconds
 
 
 # --- compositions and samplers ----------------------------------------------------------------
@@ -176,44 +177,6 @@ def build(comp: ml_collections.ConfigDict, param: str | None, schedule: Schedule
     if untrained:
         raise RuntimeError(f"composition {comp.components} needs untrained models {untrained}")
     return density
-
-
-# --- one cell ---------------------------------------------------------------------------------
-def run_cell(density_fn, sampler: samplers.Sampler, spec: ml_collections.ConfigDict,
-             schedule: Schedule, key: Array, num: int, extent: float
-             ) -> tuple[dict, np.ndarray | None, Density | None]:
-    """Samples one cell. ``density_fn()`` builds the composition (it may refuse).
-
-    Returns ``(row fields, samples, composition)``; an impossible cell (the
-    library refuses the composition, or it is improper beyond the evaluation
-    window ``[-extent, extent]^2``) gives ``status: n/a`` with the library's
-    message and no samples.
-    """
-    t0 = time.time()
-    try:
-        density = built = density_fn()
-        if sampler.name == "reverse_equal":  # the levels it samples, as the other cells see them
-            density, _ = samplers.last_levels(built, schedule, sampler.budget)
-        # Only a log-density has a normalizer to lack; reverse diffusion of a
-        # score-only composition never needs one.
-        improper = density.has_log_prob and diagnostics.improper_reason(density, 1,
-                                                                         extent=extent)
-        if improper:
-            raise ValueError(improper)
-        if spec.get("target_accept", 0.0) > 0:
-            sampler = samplers.tune_step(density, sampler, schedule, jax.random.fold_in(key, 1),
-                                         spec.target_accept)
-        tuned = time.time() - t0
-        t0 = time.time()
-        x, stats = samplers.sample(built, sampler, schedule, key, num, denoise=False)
-        x = np.asarray(jax.block_until_ready(x))
-    except ValueError as e:
-        return {"status": "n/a", "reason": str(e)}, None, None
-    health = stats.summary()
-    return {"status": "ok", "accept": health["accept_mean"],
-            "accept_level1": health["accept_level1"], "diverged": stats.diverged,
-            "nfe": stats.nfe, "seconds": time.time() - t0, "tune_seconds": tuned,
-            "step": sampler.step.a}, x, density
 
 
 # --- the table --------------------------------------------------------------------------------
@@ -347,7 +310,7 @@ def _run_composition(ctx: _Context, ci: int, name: str) -> tuple[list[dict], lis
             sampler = common.make_sampler(spec, ctx.equal.nfe if ctx.equal else 0)
             sname = common.row_label(spec)
             density_fn, schedule = ctx.cell_density(comp, param, sampler)
-            fields, x, density = run_cell(density_fn, sampler, spec, schedule, cell_key,
+            fields, x, density = common.run_cell(density_fn, sampler, spec, schedule, cell_key,
                                           config.num_samples, config.grid.extent)
             row = {"composition": name, "model": kind, "parameterization": param or "oracle",
                    "sampler": sname, "kernel": sampler.name, "table": bool(comp.table),

@@ -1,7 +1,8 @@
 """Compositional Sculpting on 2D oracles: ``quick``, ``paper``, and ``classifier`` (training only).
 
-    python scripts/sculpt2d.py --config=configs/sculpt2d.py:quick --workdir=runs/sculpt2d
-    python scripts/train.py --config=configs/sculpt2d.py:classifier --workdir=runs/sculpt_clf
+    python scripts/run.py --config=configs/experiments/sculpt2d.py:quick --workdir=runs/sculpt2d
+    python scripts/train.py --config=configs/experiments/sculpt2d.py:classifier \
+        --workdir=runs/sculpt_clf
 
 - ``operators``: each a pair of base datasets (:mod:`compdiff.data.toy2d`,
   used as exact oracles) and a :func:`compdiff.sculpt.get` operator with its
@@ -17,7 +18,7 @@
   (``ula``, ``uhmc``, ``mala``, ``hmc`` and the SMC versions) for the
   algebraic route, which has a log-density; ``guided_samplers`` for the guided
   ones (score-only: no Metropolis test, no SMC weights). Settings as in
-  ``configs/table2d.py``.
+  ``configs/experiments/table2d.py``; rows of ``configs/common.py``.
 
 Every row is scored at level 1 against one exact target: the operator applied
 to the bases' level-0 densities and diffused to level 1 (what exact guided
@@ -28,6 +29,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from configs.common import sampler_row, variant
+
 VARIANTS = ("quick", "paper", "classifier")
 
 
@@ -37,13 +40,10 @@ def _operator(name: str, bases: tuple[str, str], alpha: float = 0.5,
                                           realizations=realizations))
 
 
-def _sampler(kind: str, steps_per_level: int = 0, leapfrog: int = 1, step_a: float = 1e-3,
-             resample_ess: float = 0.0) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(dict(kind=kind, steps_per_level=steps_per_level,
-                                          leapfrog=leapfrog, step_a=step_a, step_b=0.0,
-                                          mass_c=1.0, mass_p=0.0, damping=0.5,
-                                          resample_ess=resample_ess, equal_nfe=False,
-                                          target_accept=0.0))
+def _sampler(name: str, **fields) -> ml_collections.ConfigDict:
+    if name == "reverse":
+        return sampler_row(name)
+    return sampler_row(name, **{"damping": 0.5, **fields})
 
 
 def classifier_config(bases: tuple[str, ...] = ("ring", "left_half_ring"), num_levels: int = 50,
@@ -64,14 +64,13 @@ def classifier_config(bases: tuple[str, ...] = ("ring", "left_half_ring"), num_l
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    variant = arg or "quick"
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown sculpt2d variant {variant!r}; known: {list(VARIANTS)}")
-    if variant == "classifier":
+    name = variant(arg, VARIANTS, "sculpt2d", "quick")
+    if name == "classifier":
         return classifier_config()
-    quick = variant == "quick"
+    quick = name == "quick"
     config = ml_collections.ConfigDict()
-    config.variant = variant
+    config.experiment = "sculpt2d"
+    config.variant = name
     config.seed = 0
     config.schedule = ml_collections.ConfigDict(dict(name="linear",
                                                      num_levels=100))
@@ -113,14 +112,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         guided_exact=("reverse",), guided_learned=("reverse",) if quick else ("reverse", "ula")))
     config.samplers = ml_collections.ConfigDict()
     config.samplers.reverse = _sampler("reverse")
-    config.samplers.ula = _sampler("ula", steps_per_level=10, step_a=0.002)
-    config.samplers.uhmc = _sampler("uhmc", steps_per_level=3, leapfrog=3, step_a=0.03)
-    config.samplers.mala = _sampler("mala", steps_per_level=10, step_a=0.002)
-    config.samplers.hmc = _sampler("hmc", steps_per_level=3, leapfrog=3, step_a=0.03)
-    config.samplers.mala_smc = _sampler("mala", steps_per_level=10, step_a=0.002,
+    config.samplers.ula = _sampler("ula", steps_per_level=10, step=0.002)
+    config.samplers.uhmc = _sampler("uhmc", steps_per_level=3, leapfrog=3, step=0.03)
+    config.samplers.mala = _sampler("mala", steps_per_level=10, step=0.002)
+    config.samplers.hmc = _sampler("hmc", steps_per_level=3, leapfrog=3, step=0.03)
+    config.samplers.mala_smc = _sampler("mala", steps_per_level=10, step=0.002,
                                         resample_ess=0.5)
-    config.samplers.hmc_smc = _sampler("hmc", steps_per_level=3, leapfrog=3, step_a=0.03,
+    config.samplers.hmc_smc = _sampler("hmc", steps_per_level=3, leapfrog=3, step=0.03,
                                        resample_ess=0.5)
-    # The GFlowNet half (compdiff.gflownet, when present): DIR/gflownet.json.
-    config.gflownet = "quick" if quick else "paper"
     return config
