@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import guidance_models
+from configs import common, guidance_models
 
 DATASETS = ("digits", "scenes", "imagenet")
 ATTRIBUTES = {"shape": 3, "colour": 4}
@@ -34,29 +34,17 @@ NUM_CLASSES = {"digits": 10, "scenes": 12, "imagenet": 1000}
 
 def parse_variant(arg: str | None) -> dict:
     """``"scenes,noisy=True,attribute=shape"`` -> ``{"dataset": "scenes", "noisy": True, ...}``."""
-    out = {"dataset": None, "noisy": False, "attribute": "", "tiny": False}
-    for item in filter(None, (arg or "").split(",")):
-        key, sep, value = item.partition("=")
-        if not sep and key in DATASETS:
-            out["dataset"] = key
-        elif not sep and key == "tiny":
-            out["tiny"] = True
-        elif key == "noisy" and value in ("True", "False"):
-            out["noisy"] = value == "True"
-        elif key == "attribute" and value in ATTRIBUTES:
-            out["attribute"] = value
-        else:
-            raise ValueError(f"bad config variant {item!r} in {arg!r}: expected one of "
-                             f"{list(DATASETS)}, noisy=True|False, attribute=shape|colour, tiny")
-    if out["dataset"] is None:
-        raise ValueError(f"config variant {arg!r} names no dataset: one of {list(DATASETS)}")
+    out = common.parse_variant(arg, words={"dataset": DATASETS, "tiny": ("tiny",)},
+                               keys={"noisy": (True, False), "attribute": tuple(ATTRIBUTES)},
+                               defaults={"dataset": None, "noisy": False, "attribute": "",
+                                         "tiny": False}, required=("dataset",))
+    out["tiny"] = bool(out["tiny"])
     if out["attribute"] and out["dataset"] != "scenes":
         raise ValueError(f"attribute={out['attribute']} is for scenes only, not "
                          f"{out['dataset']}")
     if out["tiny"] and out["dataset"] == "imagenet":
         raise ValueError("imagenet has no tiny variant (tests use tfds.testing.mock_data)")
     return out
-
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     v = parse_variant(arg)

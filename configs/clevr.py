@@ -21,6 +21,7 @@ from __future__ import annotations
 import ml_collections
 
 from compdiff.models.diffusion import PARAMETERIZATIONS
+from configs import common
 
 SIZES = ("tiny", "cpu", "paper")
 DEFAULT_DATA_DIR = "~/compdiff_data"
@@ -29,18 +30,9 @@ DEFAULT_DATA_DIR = "~/compdiff_data"
 def parse_variant(arg: str | None, sizes: tuple[str, ...] = SIZES,
                   default_param: str = "energy_dae") -> tuple[str, str]:
     """``"cpu,param=eps"`` -> ``("cpu", "eps")``."""
-    size, param = "cpu", default_param
-    for item in filter(None, (arg or "").split(",")):
-        key, sep, value = item.partition("=")
-        if not sep and key in sizes:
-            size = key
-        elif key == "param" and value in PARAMETERIZATIONS:
-            param = value
-        else:
-            raise ValueError(f"bad config variant {item!r} in {arg!r}: expected one of "
-                             f"{list(sizes)} and param=<one of {list(PARAMETERIZATIONS)}>")
-    return size, param
-
+    v = common.parse_variant(arg, words={"size": sizes}, keys={"param": PARAMETERIZATIONS},
+                             defaults={"size": "cpu", "param": default_param})
+    return v["size"], v["param"]
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     size, param = parse_variant(arg)

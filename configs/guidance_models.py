@@ -26,6 +26,7 @@ from __future__ import annotations
 import ml_collections
 
 from compdiff.models.diffusion import PARAMETERIZATIONS
+from configs import common
 
 DATASETS = ("digits", "scenes", "imagenet", "paper", "tiny")
 DEFAULT_DATA_DIR = "~/compdiff_data"
@@ -36,23 +37,11 @@ NUM_CLASSES = {"tiny": 10, "digits": 10, "scenes": 12, "imagenet": 1000, "paper"
 
 def parse_variant(arg: str | None) -> tuple[str, str, bool]:
     """``"digits,param=eps,conditional=True"`` -> ``("digits", "eps", True)``."""
-    dataset, param, conditional = None, "energy_dae", False
-    for item in filter(None, (arg or "").split(",")):
-        key, sep, value = item.partition("=")
-        if not sep and key in DATASETS:
-            dataset = key
-        elif key == "param" and value in PARAMETERIZATIONS:
-            param = value
-        elif key == "conditional" and value in ("True", "False"):
-            conditional = value == "True"
-        else:
-            raise ValueError(f"bad config variant {item!r} in {arg!r}: expected one of "
-                             f"{list(DATASETS)}, param=<one of {list(PARAMETERIZATIONS)}>, "
-                             f"conditional=True|False")
-    if dataset is None:
-        raise ValueError(f"config variant {arg!r} names no dataset: one of {list(DATASETS)}")
-    return dataset, param, conditional
-
+    v = common.parse_variant(arg, words={"dataset": DATASETS},
+                             keys={"param": PARAMETERIZATIONS, "conditional": (True, False)},
+                             defaults={"dataset": None, "param": "energy_dae",
+                                       "conditional": False}, required=("dataset",))
+    return v["dataset"], v["param"], v["conditional"]
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     name, param, conditional = parse_variant(arg)

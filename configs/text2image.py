@@ -26,6 +26,7 @@ from __future__ import annotations
 import ml_collections
 
 from compdiff.models.diffusion import PARAMETERIZATIONS
+from configs import common
 
 VARIANTS = ("tiny", "quick", "cpu", "paper")
 DEFAULT_DATA_DIR = "~/compdiff_data"
@@ -34,20 +35,9 @@ TEXT_DIM = 384  # all-MiniLM-L6-v2's pooled embedding
 
 def parse_variant(arg: str | None) -> tuple[str, str]:
     """``"cpu,param=eps"`` -> ``("cpu", "eps")``."""
-    variant, param = None, "energy_dae"
-    for item in filter(None, (arg or "").split(",")):
-        key, sep, value = item.partition("=")
-        if not sep and key in VARIANTS:
-            variant = key
-        elif key == "param" and value in PARAMETERIZATIONS:
-            param = value
-        else:
-            raise ValueError(f"bad config variant {item!r} in {arg!r}: expected one of "
-                             f"{list(VARIANTS)} and param=<one of {list(PARAMETERIZATIONS)}>")
-    if variant is None:
-        raise ValueError(f"config variant {arg!r} names no size: one of {list(VARIANTS)}")
-    return variant, param
-
+    v = common.parse_variant(arg, words={"size": VARIANTS}, keys={"param": PARAMETERIZATIONS},
+                             defaults={"size": None, "param": "energy_dae"}, required=("size",))
+    return v["size"], v["param"]
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     variant, param = parse_variant(arg or "cpu")

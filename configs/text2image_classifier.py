@@ -34,6 +34,7 @@ from __future__ import annotations
 import ml_collections
 
 from compdiff.data import examples
+from configs import common
 
 SIZES = ("tiny", "cpu", "paper")
 DEFAULT_DATA_DIR = "~/compdiff_data"
@@ -41,11 +42,7 @@ DEFAULT_DATA_DIR = "~/compdiff_data"
 
 def parse_variant(arg: str | None) -> str:
     """``"cpu"`` -> ``"cpu"`` (the default); anything but a size is an error."""
-    size = (arg or "cpu").strip()
-    if size not in SIZES:
-        raise ValueError(f"bad config variant {arg!r}: expected one of {list(SIZES)}")
-    return size
-
+    return common.parse_variant(arg or "cpu", words={"size": SIZES}, required=("size",))["size"]
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     size = parse_variant(arg)

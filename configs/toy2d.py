@@ -34,6 +34,7 @@ import ml_collections
 
 from compdiff.data import toy2d
 from compdiff.models.diffusion import PARAMETERIZATIONS
+from configs import common
 
 _VARIANTS = {"dataset": toy2d.names(), "param": list(PARAMETERIZATIONS)}
 _DEFAULTS = {"dataset": "ring", "param": "energy_l2"}
@@ -41,17 +42,7 @@ _DEFAULTS = {"dataset": "ring", "param": "energy_l2"}
 
 def parse_variant(arg: str | None) -> dict[str, str]:
     """``"dataset=ring,param=eps"`` -> ``{"dataset": "ring", "param": "eps"}`` over the defaults."""
-    variant = dict(_DEFAULTS)
-    for item in filter(None, (arg or "").split(",")):
-        key, sep, value = item.partition("=")
-        if not sep or key not in _VARIANTS:
-            raise ValueError(f"bad config variant {item!r} in {arg!r}: expected key=value "
-                             f"pairs with keys {sorted(_VARIANTS)}")
-        if value not in _VARIANTS[key]:
-            raise ValueError(f"unknown {key} {value!r}; known: {_VARIANTS[key]}")
-        variant[key] = value
-    return variant
-
+    return common.parse_variant(arg, keys=_VARIANTS, defaults=_DEFAULTS)
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     variant = parse_variant(arg)
