@@ -23,7 +23,7 @@ user error that is really a bug in disguise.
 
 :func:`run` also hides log lines that every normal run would print and that
 say nothing to the user: orbax's INFO chatter, its "Given directory is read
-only" WARNING when ``train.load_model`` opens checkpoints read-only (as
+only" WARNING when ``load_model`` opens checkpoints read-only (as
 intended), and jax's INFO line about not finding a TPU.
 """
 
@@ -37,7 +37,11 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from absl import app, flags, logging
+from ml_collections import config_flags
 
+from compdiff import distributed
+from compdiff.runtime import configure_cpu
+from compdiff.training import writers
 from compdiff.workdir import WorkdirInUse
 
 TRACEBACK_ENV = "COMPDIFF_TRACEBACK"
@@ -219,8 +223,6 @@ def table_main(experiment: Any) -> Callable[[list[str]], None]:
     ``experiment.run(config, workdir)`` (a module with ``run`` and ``markdown``)
     and prints the Markdown table. Call once, at import of the script.
     """
-    from ml_collections import config_flags
-
     config = config_flags.DEFINE_config_file("config", None, "Table config file[:variant].",
                                              lock_config=True)
     workdir = flags.DEFINE_string("workdir", None,
@@ -229,15 +231,12 @@ def table_main(experiment: Any) -> Callable[[list[str]], None]:
     _TABLE_FLAGS[:] = ["config", "workdir"]
 
     def main(argv: list[str]) -> None:
-        from compdiff import distributed, train
-        from compdiff.runtime import configure_cpu
-
         configure_cpu()
         distributed.initialize()
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {argv[1:]}")
         logging.set_verbosity(logging.INFO)
-        train.quiet_orbax_logs()
+        writers.quiet_orbax_logs()
         print(experiment.markdown(experiment.run(config.value, workdir.value)))
 
     return main

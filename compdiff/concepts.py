@@ -26,9 +26,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import jax
 import numpy as np
 
-from compdiff.data import examples
+from compdiff import prompts
+from compdiff.data import captioned_scenes, examples
+from compdiff.data import images as image_data
+from compdiff.models.loading import load_params
 
 # images [B, D], concept vectors [B, q] -> p(concept present | image) [B]
 PresenceFn = Callable[[np.ndarray, np.ndarray], Any]
@@ -119,8 +123,6 @@ def classifier_presence(network: Any, params: Any, batch: int = 256) -> Presence
     ``query="vector"`` one (one output, the concept read by FiLM), or of the concept's own
     output of a multi-label one (:data:`examples.NUM_CONCEPTS` outputs,
     :func:`examples.concept_index`)."""
-    import jax
-
     multilabel = getattr(network, "query", "vector") == "none"
     if multilabel:
         def probs(p, x, c):  # c: [B, 1] the asked concept's output
@@ -145,9 +147,7 @@ def classifier_presence(network: Any, params: Any, batch: int = 256) -> Presence
 
 def load_presence(workdir: str) -> PresenceFn:
     """The :data:`PresenceFn` of the classifier trained in ``workdir`` (EMA parameters)."""
-    from compdiff import train
-
-    config, network, params = train.load_params(workdir)
+    config, network, params = load_params(workdir)
     query, outputs = config.model.get("query", "none"), config.model.get("num_outputs")
     if config.get("task") != "classifier" or not (
             (query == "vector" and outputs == 1)
@@ -169,9 +169,6 @@ def evaluate(presence: PresenceFn, records: Sequence[Any], seed: int = 0) -> dic
       ``absent_specificity``, ``image_accuracy`` (all 12 right), and ``held_out_*`` on the
       held-out pairs' columns.
     """
-    from compdiff.data import captioned_scenes
-    from compdiff.data import images as image_data
-
     records = list(records)
     rng = np.random.default_rng(seed)
     drawn = [examples.concept_presence(r, rng) for r in records]
@@ -209,8 +206,6 @@ def evaluate(presence: PresenceFn, records: Sequence[Any], seed: int = 0) -> dic
 
 def phrase_concept(text: str) -> tuple[int, int]:
     """``(shape, colour)`` of a caption of captioned_scenes (``"a small red cube"``)."""
-    from compdiff.data import captioned_scenes
-
     parts = captioned_scenes.caption_parts(captioned_scenes.caption_index(text))
     return parts.shape, parts.colour
 
@@ -224,8 +219,6 @@ def requirements(tree: Any, concept_of: Callable[[str], Concept] = phrase_concep
     concept. Weights do not change what is asked. Other shapes (nested groups, NOT of a
     group) have no single rule and raise ``ValueError``.
     """
-    from compdiff import prompts
-
     terms = tree.children if isinstance(tree, prompts.And) else (tree,)
     required, forbidden, any_of = [], [], []
     for term in terms:
