@@ -17,8 +17,8 @@ setup(
         "ml-collections>=0.1.1",
         "absl-py>=2.0",
         "numpy>=1.26",
-        "scipy>=1.11",  # metrics (assignment, image ops), the GFlowNet composition, testing
-        "scikit-learn>=1.4",  # metrics (nearest neighbours), the digits dataset
+        "scipy>=1.11",  # metrics (assignment, image filters), GFlowNet logsumexp, testing (KS)
+        "scikit-learn>=1.4",  # metrics (Gaussian-mixture fits), the digits dataset
         "matplotlib>=3.8",  # plots and sample grids
         "pillow>=10",  # ImageNet decoding (compdiff.data.imagenet)
         "tensorflow-datasets>=4.9.7",  # the dataset builders and their data sources
