@@ -1,5 +1,6 @@
 """Training: the loss goes down, runs resume exactly, checkpoints load or fail clearly."""
 
+import dataclasses
 import importlib.util
 import json
 import logging
@@ -15,7 +16,7 @@ from compdiff import train as train_lib
 from compdiff.data import toy2d
 from compdiff.models import DiffusionModel
 from compdiff.models.diffusion import LinenApply
-from compdiff.models.loading import load_model
+from compdiff.models.loading import load_model, load_params
 from compdiff.testing import small_train_config
 from compdiff.training import tasks, writers
 from compdiff.training.state import init_state
@@ -169,3 +170,38 @@ def test_load_model_corrupt_checkpoint(finished, tmp_path):
             pathlib.Path(root, name).write_bytes(b"garbage")
     with pytest.raises(ValueError, match=f"no checkpoint in {checkpoints} restores .*40: "):
         load_model(workdir)
+
+
+@dataclasses.dataclass(frozen=True)
+class _AbsoluteLoss:
+    """A toy loss: mean |eps - eps_hat| on oracle samples (any hashable callable will do)."""
+
+    def __call__(self, params, inputs: tasks.StepInputs):
+        x0 = inputs.data.sample(inputs.data_key, inputs.batch_size)
+        k_t, k_eps = jax.random.split(inputs.loss_key)
+        t = jax.random.randint(k_t, x0.shape[:1], 1, inputs.schedule.num_levels + 1)
+        eps = jax.random.normal(k_eps, x0.shape)
+        x_t = (jax.numpy.sqrt(inputs.schedule.abar[t])[:, None] * x0
+               + inputs.schedule.sigma[t][:, None] * eps)
+        return jax.numpy.mean(jax.numpy.abs(eps - inputs.apply_fn(params, x_t, t, None)))
+
+
+def test_a_new_task_is_one_registration(tmp_path):
+    tasks.register_task(tasks.Task(name="test_absolute", data=tasks.dataset,
+                                   network=tasks.network, loss=lambda config: _AbsoluteLoss()))
+    with pytest.raises(ValueError, match="already registered"):
+        tasks.register_task(tasks.Task(name="test_absolute", data=tasks.dataset,
+                                       network=tasks.network, loss=lambda config: _AbsoluteLoss()))
+    config = small_config("eps", steps=4)
+    config.task = "test_absolute"
+    config.train.update(log_every=2, checkpoint_every=4)
+    state = train_lib.train(config, str(tmp_path))
+    assert int(state.step) == 4
+    saved, _, params = load_params(str(tmp_path))
+    assert saved.task == "test_absolute"
+    chex.assert_trees_all_equal(params, state.ema_params)
+    with pytest.raises(ValueError, match="not a diffusion model"):
+        load_model(str(tmp_path))  # only the diffusion task makes DiffusionModels
+    config.task = "no_such_task"
+    with pytest.raises(ValueError, match="unknown task 'no_such_task'"):
+        train_lib.train(config, str(tmp_path / "other"))
