@@ -26,7 +26,6 @@ from compdiff.samplers import Sampler, registry
 
 _FIELDS = {f.name for f in dataclasses.fields(Sampler)} - {"name"}
 
-
 def variant(arg: str | None, variants: Sequence[str], name: str, default: str) -> str:
     """``arg`` (or ``default``) when it is one of ``variants``; else a ValueError naming them."""
     value = arg or default
@@ -71,12 +70,13 @@ def parse_variant(arg: str | None, *, words: Mapping[str, Sequence[str]] | None 
     return out
 
 
-def sampler_row(name: str, label: str = "", **kwargs: Any) -> ml_collections.ConfigDict:
+def sampler_row(name: str, label: str = "", *, extras: Mapping[str, Any] | None = None,
+                **kwargs: Any) -> ml_collections.ConfigDict:
     """A table row: sampler ``name`` with the :class:`Sampler` fields among ``kwargs``
-    (checked now), ``label`` (empty: the registry's) and the other ``kwargs`` (the table's
-    own keys, e.g. ``models``) beside them."""
+    (checked now), ``label`` (empty: the registry's), and beside them the table's own keys
+    (``models``, ``target_accept``): ``extras`` and the other ``kwargs``."""
     fields = {k: v for k, v in kwargs.items() if k in _FIELDS}
-    extras = {k: v for k, v in kwargs.items() if k not in _FIELDS}
+    extras = {**(extras or {}), **{k: v for k, v in kwargs.items() if k not in _FIELDS}}
     check = dict(fields, budget=fields.get("budget") or 1) if name == "reverse_equal" else fields
     built = registry.from_fields(name, check)
     stored = {k: (dataclasses.asdict(getattr(built, k))
@@ -88,14 +88,16 @@ def sampler_row(name: str, label: str = "", **kwargs: Any) -> ml_collections.Con
 
 def image_row(name: str, step: float = 0.0, *, smc: bool = False, steps_per_level: int = 1,
               leapfrog: int = 1, step_power: float = 1.0, mass_power: float = 1.0,
-              damping: float = 0.5, **kwargs: Any) -> ml_collections.ConfigDict:
+              damping: float = 0.5, label: str = "",
+              extras: Mapping[str, Any] | None = None) -> ml_collections.ConfigDict:
     """A sampler row with RRR's image settings: one reverse step into each level, then
     ``steps_per_level`` kernel steps of size ``step * beta_t ** step_power`` (HMC: mass
     ``beta_t ** mass_power``); ``smc``: SMC resampling at ESS 0.5 instead of the reverse
     step (importance weights need invariant kernels). ``reverse`` and ``reverse_equal``
     take no kernel settings."""
     if name in ("reverse", "reverse_equal"):
-        return sampler_row(name, **kwargs)
-    return sampler_row(name, steps_per_level=steps_per_level, step=(step, step_power),
-                       mass=(1.0, mass_power), leapfrog=leapfrog, damping=damping,
-                       reverse_first=not smc, resample_ess=0.5 if smc else 0.0, **kwargs)
+        return sampler_row(name, label, extras=extras)
+    return sampler_row(name, label, extras=extras, steps_per_level=steps_per_level,
+                       step=(step, step_power), mass=(1.0, mass_power), leapfrog=leapfrog,
+                       damping=damping, reverse_first=not smc,
+                       resample_ess=0.5 if smc else 0.0)

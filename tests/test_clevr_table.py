@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from compdiff import clevr_table
-from configs import clevr_table as table_config
+from compdiff.experiments import clevr_table, common
+from configs.experiments import clevr_table as table_config
 
 
 def test_accuracy_needs_every_requested_position():
@@ -44,10 +44,28 @@ def test_presence_probs_keep_images_and_positions_apart():
     assert clevr_table.accuracy(probs) == pytest.approx(1 / 3)
 
 
+def test_claims_pair_the_outcomes_of_each_image():
+    rows = []
+    for k in (3, 4):
+        for model, sampler, steps, hits in (("energy", "reverse", 0, [1, 0, 0, 0, 0, 1]),
+                                            ("energy", "hmc", 1, [1, 1, 1, 1, 1, 1]),
+                                            ("energy", "uhmc", 1, [1, 0, 1, 0, 1, 1])):
+            rows.append({"num_positions": k, "model": model, "sampler": sampler,
+                         "kernel_steps": steps, "correct": hits, "accuracy": np.mean(hits)})
+    mcmc, adjusted = clevr_table.claims({"rows": rows})
+    assert (mcmc["a"], mcmc["b"], mcmc["test"]) == ("energy hmc", "energy reverse",
+                                                    "exact McNemar")
+    assert mcmc["num_pairs"] == 12 and mcmc["estimate"] == pytest.approx(8 / 12)
+    assert mcmc["p_value"] == pytest.approx(2 / 2 ** 8) and mcmc["verdict"] == "holds"
+    assert adjusted["claim"].startswith("Metropolis-adjusted beats unadjusted, hmc vs uhmc")
+    assert adjusted["p_value"] == pytest.approx(2 / 2 ** 4)  # 4 discordant pairs: unresolved
+    assert adjusted["verdict"] == "unresolved"
+
+
 def test_table_at_tiny_size(tmp_path):
     config = table_config.get_config("tiny")
     config.data_dir = str(tmp_path / "data")
-    result = clevr_table.run(config, str(tmp_path / "run"))
+    result = common.run(config, str(tmp_path / "run"))
     with open(tmp_path / "run" / "clevr_table.json") as f:
         saved = json.load(f)
     assert saved["rows"] == result["rows"]
@@ -61,6 +79,9 @@ def test_table_at_tiny_size(tmp_path):
     # Equal cost: reverse_equal spends what the MCMC rows spend; reverse spends T.
     assert cells[("eps", "reverse_equal", 2)]["nfe"] == cells[("energy", "mala", 2)]["nfe"]
     assert cells[("energy", "reverse", 2)]["nfe"] == config.models.energy.schedule.num_levels
+    # Paired: one key per K, so reverse diffusion on eps and energy draws the same noise,
+    # and each image's outcome is kept for the paired claims.
+    assert len(cells[("energy", "mala", 2)]["correct"]) == config.num_images
     assert cells[("eps", "mala", 2)]["status"] == "n/a"
     assert "score-only" in cells[("eps", "mala", 2)]["reason"]
     text = open(tmp_path / "run" / "clevr_table.md").read()

@@ -15,16 +15,22 @@ every requested position is classified as holding an object (confidence > 0.5).
 
 Rows: ``reverse`` on both models; ``reverse_equal`` (reverse diffusion on an eps
 model trained on a ``T'``-level schedule, stopped at ``sigma_1`` of ``T``, with
-the NFE of the costliest MCMC row); ``ula``/``uhmc`` on both models;
+the NFE of the costliest MCMC row, :func:`compdiff.experiments.common.equal_nfe`);
+``ula``/``uhmc`` on both models;
 ``mala``/``hmc`` (and their SMC variants) on the energy model, which alone has a
 log-density. The MCMC rows take one reverse step into each level before their
 kernel steps (RRR's image setting), the SMC rows cannot (their weights need
-invariant kernels) and run the kernels alone.
+invariant kernels) and run the kernels alone. A row whose sampler needs a log-density
+(the registry says which) is n/a on the score-only eps model.
+
+Paired: every row of a ``K`` samples from one key and the same requested positions, so
+image ``i`` of every row starts from the same noise; the claims test per-image
+correctness with the exact McNemar test (:mod:`compdiff.experiments.paired`).
 
 Work directory::
 
     models/{eps,energy,eps_equal,classifier}/   training runs (reused when finished)
-    clevr_table.json, clevr_table.md            the table
+    clevr_table.json, clevr_table.md            the table (the protocol writes them)
     figures/                                    sample grids (requested positions circled),
                                                 accuracy_vs_steps.png (RRR Figure 3b)
 """
@@ -32,7 +38,6 @@ Work directory::
 from __future__ import annotations
 
 import functools
-import json
 import os
 import time
 from typing import Any
@@ -43,15 +48,15 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from compdiff import image_grids, metrics, samplers, table2d, train
+from compdiff import image_grids, samplers
 from compdiff.compose import Density, product
 from compdiff.data import clevr_positions
 from compdiff.data.images import to_uint8, to_unit_range
-from compdiff.models import conditioning
-from compdiff.models.diffusion import DiffusionModel, classifier_free_product
+from compdiff.experiments import common, paired
+from compdiff.models import conditioning, loading
+from compdiff.models.diffusion import DiffusionModel, LinenApply, classifier_free_product
 
 Array = jnp.ndarray
-SCORE_ONLY = ("reverse", "reverse_equal", "ula", "uhmc")
 
 
 # --- evaluation --------------------------------------------------------------------------
@@ -69,18 +74,23 @@ def _classify_jit(apply, params, x, queries):
 
 
 def _classify(classifier, params, x, queries):
-    apply = train.LinenApply(classifier)
+    apply = LinenApply(classifier)
     out = [_classify_jit(apply, params, x[i:i + 512], queries[i:i + 512])
            for i in range(0, len(x), 512)]
     return jnp.concatenate(out)
 
 
-def accuracy(probs: np.ndarray) -> float:
-    """Fraction of images whose every requested position has confidence > 0.5 (``[N, K]``)."""
+def correct(probs: np.ndarray) -> np.ndarray:
+    """Per image: whether every requested position has confidence > 0.5 (``[N, K]`` -> ``[N]``)."""
     probs = np.asarray(probs)
     if probs.ndim != 2 or not probs.size:
         raise ValueError(f"probs must be [images, positions], got shape {probs.shape}")
-    return float(np.mean(np.all(probs > 0.5, axis=1)))
+    return np.all(probs > 0.5, axis=1)
+
+
+def accuracy(probs: np.ndarray) -> float:
+    """Fraction of images whose every requested position has confidence > 0.5 (``[N, K]``)."""
+    return float(np.mean(correct(probs)))
 
 
 def classifier_accuracy(classifier, params, source, num: int, seed: int = 0) -> float:
@@ -112,30 +122,7 @@ def requested_positions(source, k: int, num: int) -> np.ndarray:
     return np.stack([found[i % len(found)] for i in range(num)])
 
 
-# --- samplers ----------------------------------------------------------------------------
-def make_sampler(spec: ml_collections.ConfigDict, steps: int | None = None,
-                 budget: int = 0) -> samplers.Sampler:
-    """A table row's sampler from its config entry (RRR image settings by default)."""
-    name = spec.sampler
-    if name == "reverse":
-        return samplers.get("reverse")
-    if name == "reverse_equal":
-        return samplers.get("reverse_equal", budget=budget)
-    kwargs: dict[str, Any] = dict(
-        steps_per_level=steps or spec.steps_per_level,
-        step=samplers.StepRule(spec.step, spec.get("step_power", 1.0)),
-        reverse_first=spec.get("resample_ess", 0.0) == 0.0,
-        resample_ess=spec.get("resample_ess", 0.0))
-    if name in ("hmc", "uhmc"):
-        kwargs.update(leapfrog=spec.leapfrog, damping=spec.damping,
-                      mass=samplers.MassRule(1.0, spec.get("mass_power", 1.0)))
-    return samplers.get(name, **kwargs)
-
-
-def row_label(spec: ml_collections.ConfigDict) -> str:
-    return spec.sampler + ("+smc" if spec.get("resample_ess", 0.0) > 0 else "")
-
-
+# --- compositions -----------------------------------------------------------------------
 def composition(model: DiffusionModel, positions: np.ndarray, scale: float,
                 pad_to: int = 0) -> Density:
     """``log p(x) + scale * sum_i [log p(x|c_i) - log p(x)]`` over ``positions [num, K, 2]``.
@@ -169,103 +156,81 @@ def sample_cell(model: DiffusionModel, positions: np.ndarray, sampler: samplers.
 
 
 # --- the table ---------------------------------------------------------------------------
-def train_models(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-    """Trains (or reuses) every model the table needs; seconds per model."""
-    seconds = {}
-    for name, sub in config.models.items():
-        if name not in needed_models(config):
-            continue
-        t0 = time.time()
-        logging.info("clevr_table: training %s", name)
-        train.train(sub, os.path.join(workdir, "models", name))
-        seconds[name] = time.time() - t0
-    return seconds
-
-
 def needed_models(config: ml_collections.ConfigDict) -> list[str]:
     """The models the rows use: ``eps_equal`` only for a ``reverse_equal`` row."""
     names = {"energy", "classifier"} | {m for r in config.rows for m in r.models}
-    if any(r.sampler == "reverse_equal" for r in config.rows):
+    if common.uses_equal(config.rows):
         names.add("eps_equal")
     return sorted(names)
 
 
 def equal_nfe_budget(config: ml_collections.ConfigDict) -> int:
     """The NFE per chain of the costliest MCMC row (what ``reverse_equal`` spends)."""
-    t = config.models.energy.schedule.num_levels
-    best = 0
-    for spec in config.rows:
-        if spec.sampler in ("reverse", "reverse_equal"):
-            continue
-        best = max(best, make_sampler(spec).nfe(t))
-    return best
+    schedule = config.models.energy.schedule
+    equal = common.equal_nfe(config.rows, schedule.name, schedule.num_levels)
+    return equal.nfe if equal else 0
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    t_start = time.time()
+    """The rows (one per K, row and model), the classifier's accuracy and the steps curve."""
     workdir = os.path.abspath(workdir)
     os.makedirs(os.path.join(workdir, "figures"), exist_ok=True)
     for sub in config.models.values():
         sub.data.data_dir = config.data_dir
     data = config.models.energy.data
     clevr_positions.prepare(data.builder_config, os.path.expanduser(data.data_dir))
-    train_seconds = train_models(config, workdir)
-    models = {name: train.load_model(os.path.join(workdir, "models", name))
-              for name in ("eps", "energy") if name in needed_models(config)}
-    _, classifier, cparams = train.load_params(os.path.join(workdir, "models", "classifier"))
+    needed = needed_models(config)
+    train_seconds = common.train_models(
+        {f"models/{n}": config.models[n] for n in config.models if n in needed}, workdir)
+    models = {name: loading.load_model(os.path.join(workdir, "models", name))
+              for name in ("eps", "energy", "eps_equal") if name in needed}
+    _, classifier, cparams = loading.load_params(os.path.join(workdir, "models", "classifier"))
     test = clevr_positions.data_source(data.builder_config, "test",
                                        os.path.expanduser(data.data_dir))
     clf_acc = classifier_accuracy(classifier, cparams, test, config.classifier_eval_images)
     logging.info("clevr_table: classifier accuracy on held-out renders %.3f", clf_acc)
     image_shape = tuple(int(n) for n in np.shape(test[0]["image"]))
+    budget = equal_nfe_budget(config)
     rows = []
     for k in config.num_positions:
         positions = requested_positions(test, k, config.num_images)
+        key = jax.random.fold_in(jax.random.key(config.seed), k)  # one key per K: paired rows
         for spec in config.rows:
             for model_name in spec.models:
-                rows.append(_cell(config, workdir, models, model_name, spec, k, positions,
-                                  classifier, cparams, image_shape))
+                rows.append(_cell(config, workdir, models, model_name, spec, k, positions, key,
+                                  budget, classifier, cparams, image_shape))
     curve = _steps_curve(config, workdir, models["energy"], test, classifier, cparams)
-    result = {"rows": rows, "classifier_accuracy": clf_acc, "steps_curve": curve,
-              "train_seconds": train_seconds, "machine": table2d.machine(),
-              "config": json.loads(config.to_json()), "wall_seconds": time.time() - t_start}
-    with open(os.path.join(workdir, "clevr_table.json"), "w") as f:
-        json.dump(result, f, indent=1)
-    with open(os.path.join(workdir, "clevr_table.md"), "w") as f:
-        f.write(markdown(result))
-    logging.info("clevr_table done in %.0fs: %s", result["wall_seconds"], workdir)
-    return result
+    return {"rows": rows, "classifier_accuracy": clf_acc, "steps_curve": curve,
+            "train_seconds": train_seconds}
 
 
-def _cell(config, workdir, models, model_name, spec, k, positions, classifier, cparams,
-          image_shape) -> dict:
-    label = row_label(spec)
-    base = {"num_positions": k, "model": model_name, "sampler": label}
-    if model_name == "eps" and spec.sampler not in SCORE_ONLY:
-        return {**base, "status": "n/a",
-                "reason": f"{spec.sampler} needs a log-density; the eps model is score-only"}
+def _cell(config, workdir, models, model_name, spec, k, positions, key, budget, classifier,
+          cparams, image_shape) -> dict:
+    label = common.row_label(spec)
+    sampler = common.make_sampler(spec, budget)
+    base = {"num_positions": k, "model": model_name, "sampler": label,
+            "kernel_steps": sampler.num_kernel_steps}
     model, schedule = models[model_name], None
-    if spec.sampler == "reverse_equal":  # an eps model trained on the T'-level schedule
-        model = train.load_model(os.path.join(workdir, "models", "eps_equal"))
+    if sampler.name == common.EQUAL:  # an eps model trained on the T'-level schedule
+        model = models["eps_equal"]
         schedule = model.schedule
-        sampler = make_sampler(spec, budget=equal_nfe_budget(config))
-    else:
-        sampler = make_sampler(spec)
-    key = jax.random.fold_in(jax.random.key(config.seed), 1000 * k + len(label))
+    reason = common.log_density_reason(sampler, model.has_log_prob, model_name)
+    if reason:
+        return {**base, "status": "n/a", "reason": reason}
     t0 = time.time()
     x, stats = sample_cell(model, positions, sampler, key, config.guidance_scale, schedule,
                            pad_to=_pad_to(config))
     seconds = time.time() - t0
-    acc = accuracy(presence_probs(classifier, cparams, x, positions))
+    hits = correct(presence_probs(classifier, cparams, x, positions))
     images = to_uint8(x, image_shape)
     if k in config.grid_positions:
         image_grids.save_grid(images[:16], os.path.join(
             workdir, "figures", f"k{k}_{model_name}_{label}.png"), marks=positions[:16])
-    logging.info("K=%d %-6s %-14s accuracy %.3f  nfe %d  %.1fs", k, model_name, label, acc,
-                 stats.nfe, seconds)
+    logging.info("K=%d %-6s %-14s accuracy %.3f  nfe %d  %.1fs", k, model_name, label,
+                 hits.mean(), stats.nfe, seconds)
     accept = np.asarray(stats.accept)
-    return {**base, "accuracy": acc, "nfe": int(stats.nfe), "seconds": seconds,
-            "diverged": int(stats.diverged),
+    return {**base, "accuracy": float(hits.mean()), "correct": hits.astype(int).tolist(),
+            "nfe": int(stats.nfe), "seconds": seconds, "diverged": int(stats.diverged),
             "accept": None if np.all(np.isnan(accept)) else float(np.nanmean(accept))}
 
 
@@ -276,16 +241,17 @@ def _steps_curve(config, workdir, model, test, classifier, cparams) -> list[dict
     curve = []
     k = config.curve.num_positions
     positions = requested_positions(test, k, config.num_images)
+    key = jax.random.fold_in(jax.random.key(config.seed), k)  # the table's key for this K
     for spec in config.curve.rows:
         for steps in config.curve.steps:
-            sampler = make_sampler(spec, steps=steps)
-            x, stats = sample_cell(model, positions, sampler,
-                                   jax.random.fold_in(jax.random.key(config.seed), steps),
-                                   config.guidance_scale, pad_to=_pad_to(config))
+            sampler = common.make_sampler(spec, steps_per_level=steps)
+            x, stats = sample_cell(model, positions, sampler, key, config.guidance_scale,
+                                   pad_to=_pad_to(config))
             acc = accuracy(presence_probs(classifier, cparams, x, positions))
-            curve.append({"sampler": row_label(spec), "steps_per_level": steps,
+            label = common.row_label(spec)
+            curve.append({"sampler": label, "steps_per_level": steps,
                           "accuracy": acc, "nfe": int(stats.nfe)})
-            logging.info("curve K=%d %s steps %d accuracy %.3f", k, row_label(spec), steps, acc)
+            logging.info("curve K=%d %s steps %d accuracy %.3f", k, label, steps, acc)
     fig, ax = plt.subplots(figsize=(4, 3))
     for label in dict.fromkeys(c["sampler"] for c in curve):
         pts = [(c["steps_per_level"], c["accuracy"]) for c in curve if c["sampler"] == label]
@@ -293,59 +259,65 @@ def _steps_curve(config, workdir, model, test, classifier, cparams) -> list[dict
     ax.set_xlabel("MCMC steps per level")
     ax.set_ylabel(f"accuracy, {k} positions")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(os.path.join(workdir, "figures", "accuracy_vs_steps.png"), dpi=120)
-    plt.close(fig)
+    common.save_figure(fig, os.path.join(workdir, "figures", "accuracy_vs_steps.png"))
     return curve
 
 
-def _mean_accuracy(rows: list[dict], model: str, sampler: str, ks: list[int]) -> float | None:
-    vals = [r["accuracy"] for r in rows if r["model"] == model and r["sampler"] == sampler
-            and r["num_positions"] in ks and "accuracy" in r]
-    return float(np.mean(vals)) if len(vals) == len(ks) else None
+def _outcomes(rows: list[dict], model: str, sampler: str, ks: list[int]) -> list[int] | None:
+    """The per-image outcomes of one (model, sampler) row over ``ks``, in order (pairs line
+    up across rows: same K, same image index, same noise and positions)."""
+    found = {r["num_positions"]: r["correct"] for r in rows if "correct" in r
+             and (r["model"], r["sampler"]) == (model, sampler) and r["num_positions"] in ks}
+    return [c for k in ks for c in found[k]] if len(found) == len(ks) else None
 
 
-def claims(result: dict) -> list[str]:
-    """RRR's claims checked on the table (mean accuracy over 3-5 composed positions):
-    MCMC beats reverse diffusion, and Metropolis-adjusted beats unadjusted. Where a
-    claim fails, the SMC rows (asymptotically exact for the models' own composition)
-    and the single-position accuracy (the model alone) say whether the sampler or the
-    model is short."""
+def claims(result: dict) -> list[dict]:
+    """RRR's claims on 3-5 composed positions, on paired per-image outcomes: the best MCMC
+    row beats the best reverse-diffusion row, and Metropolis-adjusted beats unadjusted
+    (mala vs ula, hmc vs uhmc on the energy model)."""
     rows = result["rows"]
     ks = [k for k in sorted({r["num_positions"] for r in rows}) if k >= 3]
     if not ks:
         return []
-    acc = {(m, s): _mean_accuracy(rows, m, s, ks)
-           for m, s in dict.fromkeys((r["model"], r["sampler"]) for r in rows)}
-    acc = {key: v for key, v in acc.items() if v is not None}
+    keys = dict.fromkeys((r["model"], r["sampler"], r["kernel_steps"]) for r in rows)
+    outcomes = {(m, s): o for m, s, _ in keys if (o := _outcomes(rows, m, s, ks)) is not None}
+    mcmc = [(m, s) for m, s, steps in keys if steps > 0 and (m, s) in outcomes]
+    reverse = [(m, s) for m, s, steps in keys if steps == 0 and (m, s) in outcomes]
     span = f"{ks[0]}-{ks[-1]}" if len(ks) > 1 else str(ks[0])
-    lines = [f"Mean accuracy over {span} composed positions: " + ", ".join(
-        f"{m} {s} {v:.2f}" for (m, s), v in acc.items()) + "."]
-    n = result["config"]["num_images"] * len(ks)
-
-    reverse = {key: v for key, v in acc.items() if key[1] in ("reverse", "reverse_equal")}
-    mcmc = {key: v for key, v in acc.items() if key not in reverse}
-    if reverse and mcmc:
-        best, rev = max(mcmc, key=mcmc.get), max(reverse, key=reverse.get)
-        verdict = metrics.proportion_verdict(mcmc[best], reverse[rev], n)
-        lines.append(f"MCMC beats reverse diffusion: {verdict} "
-                     f"(best MCMC, {' '.join(best)}, {mcmc[best]:.2f}; best reverse, "
-                     f"{' '.join(rev)}, {reverse[rev]:.2f}).")
+    out = []
+    if mcmc and reverse:
+        best = max(mcmc, key=lambda key: np.mean(outcomes[key]))
+        rev = max(reverse, key=lambda key: np.mean(outcomes[key]))
+        out.append(paired.compare(f"MCMC beats reverse diffusion ({span} positions)",
+                                  " ".join(best), outcomes[best], " ".join(rev), outcomes[rev],
+                                  binary=True))
     for adjusted, unadjusted in (("mala", "ula"), ("hmc", "uhmc")):
-        a, u = acc.get(("energy", adjusted)), acc.get(("energy", unadjusted))
+        a, u = outcomes.get(("energy", adjusted)), outcomes.get(("energy", unadjusted))
         if a is not None and u is not None:
-            lines.append(f"Metropolis-adjusted beats unadjusted, {adjusted} vs {unadjusted} "
-                         f"(energy model): {metrics.proportion_verdict(a, u, n)} "
-                         f"({a:.2f} vs {u:.2f}).")
+            out.append(paired.compare(
+                f"Metropolis-adjusted beats unadjusted, {adjusted} vs {unadjusted} "
+                f"(energy model, {span} positions)", adjusted, a, unadjusted, u, binary=True))
+    return out
+
+
+def _notes(result: dict) -> list[str]:
+    """The model alone (one position, reverse diffusion) and the SMC rows, which say whether
+    a failed claim is the sampler's or the model's."""
+    rows = result["rows"]
     single = [r["accuracy"] for r in rows if r["num_positions"] == 1 and "accuracy" in r
               and r["sampler"] == "reverse"]
-    smc = {s: v for (m, s), v in acc.items() if s.endswith("+smc")}
-    if single:
-        lines.append(f"Model alone (one position, reverse diffusion): accuracy "
-                     f"{max(single):.2f}." + (" With SMC resampling (exact for the models' "
-                     "own composition as chains grow): " + ", ".join(
-                         f"{s} {v:.2f}" for s, v in smc.items()) + "." if smc else ""))
-    return lines
+    ks = [k for k in sorted({r["num_positions"] for r in rows}) if k >= 3]
+    smc: dict[str, list[float]] = {}
+    for r in rows:
+        if r["sampler"].endswith("+smc") and "accuracy" in r and r["num_positions"] in ks:
+            smc.setdefault(r["sampler"], []).append(r["accuracy"])
+    if not single:
+        return []
+    line = f"Model alone (one position, reverse diffusion): accuracy {max(single):.2f}."
+    if smc:
+        line += (" With SMC resampling (exact for the models' own composition as chains "
+                 "grow): " + ", ".join(f"{s} {np.mean(v):.2f}" for s, v in smc.items()) + ".")
+    return [line]
 
 
 def markdown(result: dict) -> str:
@@ -368,13 +340,11 @@ def markdown(result: dict) -> str:
         if all(c == "n/a" for c in cells):
             continue
         lines.append(f"| {model} | {sampler} | " + " | ".join(cells) + f" | {nfe} |")
-    lines += [""] + claims(result)
+    lines += [""] + _notes(result)
     lines.append(f"\nEvaluation classifier accuracy on held-out renders: "
                  f"{result['classifier_accuracy']:.3f}.")
     if result.get("steps_curve"):
         lines.append("\nAccuracy against MCMC steps per level (energy model): " + ", ".join(
             f"{c['sampler']} {c['steps_per_level']}: {c['accuracy']:.2f}"
             for c in result["steps_curve"]) + ".")
-    lines.append(f"\nMachine: {result['machine']}. Wall time {result['wall_seconds']:.0f}s "
-                 f"(training {sum(result['train_seconds'].values()):.0f}s).")
     return "\n".join(lines) + "\n"

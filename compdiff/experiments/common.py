@@ -19,8 +19,9 @@ registry: :func:`compdiff.samplers.registry.from_fields`), :func:`log_density_re
 (why a cell is n/a) and :func:`save_figure`.
 
 Experiments are found by name: ``get("table2d")`` imports
-``compdiff.experiments.table2d``; a dotted name (``"my_pkg.my_table"``) imports that
-module, so an experiment outside the package is one module plus one config too.
+``compdiff.experiments.table2d``; any other name is imported as a module path
+(``"my_pkg.my_table"``), so an experiment outside the package is one module plus one
+config too.
 """
 
 from __future__ import annotations
@@ -61,11 +62,16 @@ def names() -> list[str]:
 
 
 def get(name: str) -> ModuleType:
-    """The experiment module ``name`` (one of :func:`names`, or a dotted module path)."""
-    path = name if "." in name else f"compdiff.experiments.{name}"
-    if "." not in name and name not in names():
-        raise ValueError(f"unknown experiment {name!r}; known: {names()}")
-    module = importlib.import_module(path)
+    """The experiment module ``name``: one of :func:`names`, else any importable module
+    (``my_pkg.my_table``), so an experiment outside the package needs no registration."""
+    path = f"compdiff.experiments.{name}" if name in names() else name
+    try:
+        module = importlib.import_module(path)
+    except ModuleNotFoundError as e:
+        if e.name != path:
+            raise
+        raise ValueError(f"unknown experiment {name!r}; known: {names()} (or the path of "
+                         "an importable module)") from None
     for attr in ("run", "markdown"):
         if not callable(getattr(module, attr, None)):
             raise ValueError(f"experiment module {path} defines no {attr}()")

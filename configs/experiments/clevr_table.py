@@ -1,4 +1,4 @@
-"""RRR Table 2 at CPU scale: ``scripts/clevr_table.py --config=configs/clevr_table.py:<v>``.
+"""RRR Table 2 at CPU scale: ``scripts/run.py --config=configs/experiments/clevr_table.py:<v>``.
 
 Variants:
 
@@ -29,22 +29,24 @@ from __future__ import annotations
 
 import ml_collections
 
-from compdiff import samplers, schedules
+from compdiff.experiments import common
 from configs import clevr, clevr_classifier
+from configs import common as shared
+from configs.common import image_row
 
 VARIANTS = ("tiny", "quick", "cpu", "cpu_full", "paper")
 
 
 def _row(sampler: str, models: tuple[str, ...], **kw) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict({"sampler": sampler, "models": list(models), **kw})
+    return image_row(sampler, extras={"models": list(models)}, **kw)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    variant = arg or "cpu"
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown clevr_table variant {variant!r}; known: {list(VARIANTS)}")
+    variant = shared.variant(arg, VARIANTS, "clevr_table", "cpu")
     size = {"tiny": "tiny", "paper": "paper"}.get(variant, "cpu")
     config = ml_collections.ConfigDict()
+    config.experiment = "clevr_table"
+    config.variant = variant
     config.seed = 0
     config.data_dir = clevr.DEFAULT_DATA_DIR  # for every model's data
     # w of log p(x) + w sum_i [log p(x|c_i) - log p(x)]: 1 is Bayes' rule; the small CPU
@@ -65,23 +67,24 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     steps = 1 if variant != "paper" else 4
     leapfrog = 1 if variant != "paper" else 3
     hmc = dict(steps_per_level=steps, step=0.1, leapfrog=leapfrog, damping=0.5)
+    mala = dict(steps_per_level=steps, step=0.035)
     config.rows = [
         _row("reverse", ("eps", "energy")),
         _row("reverse_equal", ("eps",)),
-        _row("ula", ("eps", "energy"), steps_per_level=steps, step=0.035),
+        _row("ula", ("eps", "energy"), **mala),
         _row("uhmc", ("eps", "energy"), **hmc),
         # eps cells of Metropolis rows are "n/a" rows with the reason (score-only model).
-        _row("mala", ("eps", "energy"), steps_per_level=steps, step=0.035),
+        _row("mala", ("eps", "energy"), **mala),
         _row("hmc", ("eps", "energy"), **hmc),
-        _row("mala", ("eps", "energy"), steps_per_level=steps, step=0.035, resample_ess=0.5),
-        _row("hmc", ("eps", "energy"), resample_ess=0.5, **hmc),
+        _row("mala", ("eps", "energy"), smc=True, **mala),
+        _row("hmc", ("eps", "energy"), smc=True, **hmc),
     ]
     if variant == "tiny":  # the code path of every kind of row, at the least cost
         config.rows = [config.rows[i] for i in (0, 1, 4, 7)]
     elif variant == "quick":
-        config.rows = [_row(r.sampler, ("energy",), **{k: v for k, v in r.items()
-                                                       if k not in ("sampler", "models")})
-                       for r in (config.rows[i] for i in (0, 2, 5))]
+        config.rows = [config.rows[i] for i in (0, 2, 5)]
+        for row in config.rows:
+            row.models = ["energy"]
     elif variant == "cpu":
         config.rows = [config.rows[i] for i in (0, 1, 2, 3, 4, 5, 7)]
     config.curve = ml_collections.ConfigDict()
@@ -100,12 +103,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # reverse_equal: the same eps model on the T'-level schedule that spends the costliest
     # MCMC row's NFE from T' down to the level whose noise is sigma_1 of the T schedule.
     base = models.energy.schedule
-    nfe = max(samplers.get(r.sampler, **{k: v for k, v in r.items() if k in (
-        "steps_per_level", "leapfrog")}, reverse_first=True).nfe(base.num_levels)
-              for r in config.rows if r.sampler not in ("reverse", "reverse_equal"))
-    sigma_1 = float(schedules.get(base.name, base.num_levels).sigma[1])
-    num_levels, _ = samplers.equal_cost_levels(base.name, sigma_1, nfe)
+    equal = common.equal_nfe(config.rows, base.name, base.num_levels)
     models.eps_equal = clevr.get_config(f"{size},param=eps")
-    models.eps_equal.schedule.num_levels = num_levels
+    models.eps_equal.schedule.num_levels = equal.levels
     models.eps_equal.train.steps = models.eps.train.steps
     return config

@@ -64,10 +64,11 @@ SWEEPS = ("hmc_step_damping", "smoke")
 def _sampler(name: str, **fields) -> ml_collections.ConfigDict:
     """A sampler row with the table's settings; ``target_accept > 0`` tunes the step size
     to that mean acceptance first."""
+    extras = {"target_accept": 0.0}
     if name in ("reverse", "reverse_equal"):
-        return sampler_row(name, target_accept=0.0)
-    return sampler_row(name, **{"steps_per_level": 10, "leapfrog": 3, "step": 0.002,
-                                "damping": 0.5, "target_accept": 0.0, **fields})
+        return sampler_row(name, extras=extras)
+    return sampler_row(name, extras=extras, **{"steps_per_level": 10, "leapfrog": 3,
+                                               "step": 0.002, "damping": 0.5, **fields})
 
 
 def _composition(op: str, components: tuple[str, ...], alpha: float = 0.5,
