@@ -245,8 +245,10 @@ def from_fields(name: str, fields: dict | None = None, **overrides: object) -> S
 
 
 def label(sampler: Sampler) -> str:
-    """The sampler's name in tables and file names: ``hmc``, ``hmc+smc`` (resampling on)."""
-    return sampler.name + ("+smc" if sampler.resample_ess > 0 else "")
+    """The sampler's name in tables and file names: ``hmc``, ``hmc+smc`` (resampling on),
+    ``ula+fkc+smc`` (Feynman-Kac corrector weights)."""
+    return (sampler.name + ("+fkc" if getattr(sampler, "fkc", False) else "")
+            + ("+smc" if sampler.resample_ess > 0 else ""))
 
 
 def needs_log_prob(name: str) -> bool:
