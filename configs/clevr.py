@@ -5,7 +5,7 @@
 - ``tiny``: 16 px scenes (the ``tiny`` builder config), a small UNet, a few steps;
   for tests (seconds).
 - ``cpu``: 16 px scenes (the ``16px`` builder config), the model of the CPU table
-  (``configs/clevr_table.py:cpu``), sized to train in minutes on 2 CPU cores:
+  (``configs/experiments/clevr_table.py:cpu``), sized to train in minutes on 2 CPU cores:
   channels 16, T = 50 levels (sampling cost is proportional to T).
 - ``paper``: RRR appendix G for TPU: 64 px, channels 128, multipliers 1,2,3,4,
   3 residual blocks, T = 100 linear, batch 1024, Adam 1e-4, 20k steps.

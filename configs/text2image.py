@@ -16,7 +16,7 @@ tower so that ``scripts/sample.py --prompt`` encodes prompts with the same one.
   is 3 pixels across at 32 px, its shape illegible to the judge), trained on ``train``
   (held-out shape x colour pairs absent); channels 16, 50 levels, 100 (``quick``) or 1,000
   (``cpu``) steps of 64, sized for the 10- and 60-minute budgets of
-  ``configs/text2image_table.py`` on 2 cores (0.75 steps/s measured).
+  ``configs/experiments/text2image_table.py`` on 2 cores (0.75 steps/s measured).
 - ``paper``: RRR appendix G for accelerators: 64 px, channels 256, multipliers 1,2,3,4,
   3 residual blocks, cosine schedule with 1000 levels.
 """

@@ -6,8 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from compdiff import guidance_table
-from configs import guidance_table as guidance_table_config
+from compdiff.experiments import common, guidance_table
+from configs.experiments import guidance_table as guidance_table_config
 
 
 def test_accuracy_counts_requested_class_above_one_half():
@@ -22,33 +22,37 @@ def test_requested_classes_ask_every_class_in_turn():
     np.testing.assert_array_equal(guidance_table.requested_classes(7, 3), [0, 1, 2, 0, 1, 2, 0])
 
 
-def _result(rows, num_images=100):
-    return {"rows": rows, "config": {"dataset_configs": {"d": {"num_images": num_images}}}}
+def _row(model, sampler, steps, hits, frechet=1.0, dataset="d"):
+    return {"dataset": dataset, "model": model, "sampler": sampler, "kernel_steps": steps,
+            "correct": hits, "accuracy": float(np.mean(hits)), "frechet": frechet}
 
 
-def test_claims_verdicts_and_oracle_floor():
-    rev = {"dataset": "d", "model": "eps", "sampler": "reverse", "accuracy": 0.3, "frechet": 5.0}
-    hmc = {"dataset": "d", "model": "energy", "sampler": "hmc", "accuracy": 0.9, "frechet": 4.0}
-    (line,) = guidance_table.claims(_result([rev, hmc]))
-    assert "holds" in line and "without hurting" in line
-    (line,) = guidance_table.claims(_result([rev, {**hmc, "accuracy": 0.1, "frechet": 9.0}]))
-    assert "fails" in line and "larger Frechet" in line
-    (line,) = guidance_table.claims(_result([rev, {**hmc, "accuracy": 0.32}]))
-    assert "unresolved" in line
+def test_claims_are_paired_verdicts():
+    rev = _row("eps", "reverse", 0, [0] * 10 + [1] * 10, frechet=5.0)
+    hmc = _row("energy", "hmc", 1, [1] * 20, frechet=4.0)
+    (claim,) = guidance_table.claims({"rows": [rev, hmc]})
+    assert claim["verdict"] == "holds" and "without hurting" in claim["text"]
+    assert claim["p_value"] == pytest.approx(2 / 2 ** 10) and claim["num_pairs"] == 20
+    (claim,) = guidance_table.claims({"rows": [rev, _row("energy", "hmc", 1, [0] * 20, 9.0)]})
+    assert claim["verdict"] == "fails" and "larger Frechet" in claim["text"]
+    (claim,) = guidance_table.claims({"rows": [rev, _row("energy", "hmc", 1,
+                                                         [1] * 3 + [0] * 7 + [1] * 10)]})
+    assert claim["verdict"] == "unresolved"
     oracle = [{"dataset": "oracle", "sampler": "reverse", "scale": 3.0, "mmd": 0.09,
                "mmd_floor": 0.002},
               {"dataset": "oracle", "sampler": "hmc", "scale": 3.0, "mmd": 0.004,
                "mmd_floor": 0.002}]
-    (line,) = guidance_table.claims(_result(oracle))
+    assert guidance_table.claims({"rows": oracle}) == []
+    (line,) = guidance_table.oracle_notes({"rows": oracle})
     assert line.endswith("hmc.") and "reverse" not in line
 
 
 def test_held_out_claim_compares_composed_attributes_with_the_joint_classifier():
-    rows = [{"dataset": "s held-out pairs", "model": f"energy + {m}", "sampler": "hmc",
-             "accuracy": a, "frechet": 1.0, "num_images": 60}
-            for m, a in (("shape, colour classifiers", 0.8), ("joint classifier", 0.1))]
-    (line,) = guidance_table.claims(_result(rows))
-    assert "accuracy 0.80 against 0.10" in line and "holds" in line
+    rows = [_row(f"energy + {m}", "hmc", 1, hits, dataset="s held-out pairs")
+            for m, hits in (("shape, colour classifiers", [1] * 8 + [0] * 2),
+                            ("joint classifier", [0] * 10))]
+    (claim,) = guidance_table.claims({"rows": rows})
+    assert claim["estimate"] == pytest.approx(0.8) and claim["verdict"] == "holds"
 
 
 @pytest.mark.parametrize("variant", guidance_table_config.VARIANTS)
@@ -79,7 +83,7 @@ def test_tiny_table_end_to_end(tmp_path):
     config = guidance_table_config.get_config("tiny")
     config.data_dir = str(tmp_path / "data")
     workdir = tmp_path / "table"
-    result = guidance_table.run(config, str(workdir))
+    result = common.run(config, str(workdir))
     saved = json.loads((workdir / "guidance_table.json").read_text())
     assert saved["rows"] == json.loads(json.dumps(result["rows"]))
     by_kind = {(r["dataset"], r["model"], r["sampler"]) for r in saved["rows"]}
@@ -94,6 +98,9 @@ def test_tiny_table_end_to_end(tmp_path):
             assert 0.0 <= r["accuracy"] <= 1.0 and np.isfinite(r["frechet"])
             assert 0.0 <= r["precision"] <= 1.0 and 0.0 <= r["recall"] <= 1.0
     assert 0.0 <= saved["judge_accuracy"]["digits"] <= 1.0
+    # Paired: every main row of a dataset asks the same classes from the same key.
+    digits = [r for r in saved["rows"] if r["dataset"] == "digits" and "correct" in r]
+    assert digits and all(len(r["correct"]) == 4 for r in digits)
     with np.load(workdir / "digits" / "samples" / "energy_reverse.npz") as f:
         assert f["arr_0"].dtype == np.uint8 and f["arr_0"].shape == (4, 16, 16, 3)
     assert os.path.exists(workdir / "figures" / "accuracy_vs_scale.png")

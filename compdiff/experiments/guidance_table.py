@@ -21,7 +21,14 @@ the longer schedule that costs what the costliest MCMC row costs), ``ula`` /
 ``uhmc`` on both, ``mala`` / ``hmc`` (and SMC variants) on the energy model, and
 classifier-free guidance of a class-conditional eps model of the same size
 (``cfg``: ``log p(x) + w [log p(x|y) - log p(x)]``), all at ``config.scale``;
-then accuracy against the guidance scale per sampler.
+then accuracy against the guidance scale per sampler. A row whose sampler needs a
+log-density (the registry says which) is n/a on the eps model.
+
+Paired: every image row of a dataset at one scale samples from one key and asks the same
+classes in the same order, so image ``i`` of every row starts from the same noise (SMC
+rows excepted: they run each class as its own population, from its own noise, and pair
+with the others by class only); the held-out block likewise. The claims test per-image
+correctness with the exact McNemar test (:mod:`compdiff.experiments.paired`).
 
 Held-out pairs (``scene_classes``): the generator and the joint guidance classifier are
 trained without (cube, red), (sphere, green), (cylinder, blue), so the main rows ask only
@@ -39,7 +46,7 @@ Work directory::
 
     <dataset>/models/{eps,energy,eps_equal,classifier,judge,conditional}/
     <dataset>/samples/<model>_<sampler>.npz       ADM layout: arr_0 uint8 NHWC, and labels
-    guidance_table.json, guidance_table.md
+    guidance_table.json, guidance_table.md        (the protocol writes them)
     figures/<dataset>_<model>_<sampler>.png       one row per requested class
     figures/accuracy_vs_scale.png
 """
@@ -47,7 +54,6 @@ Work directory::
 from __future__ import annotations
 
 import functools
-import json
 import os
 import time
 from typing import Any
@@ -65,19 +71,17 @@ from compdiff import (
     metrics,
     samplers,
     schedules,
-    table2d,
-    train,
 )
-from compdiff.clevr_table import make_sampler, row_label
 from compdiff.compose import Density
 from compdiff.data import images as image_data
 from compdiff.data import scene_classes
+from compdiff.experiments import common, paired
 from compdiff.guidance import Classifier
+from compdiff.models import loading
 from compdiff.models.diffusion import DiffusionModel, classifier_free_product
 from compdiff.oracles import GaussianMixture, gaussian_mixture
 
 Array = jnp.ndarray
-SCORE_ONLY = ("reverse", "reverse_equal", "ula", "uhmc")
 MODEL_KINDS = ("eps", "energy", "eps_equal", "classifier", "judge", "conditional",
                "shape_classifier", "colour_classifier")
 
@@ -100,13 +104,18 @@ def judge(module, params, x: np.ndarray, chunk: int = 256) -> tuple[np.ndarray, 
             np.concatenate([np.asarray(f) for _, f in out]))
 
 
-def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
-    """Fraction of samples whose requested class has probability > 0.5 (RRR)."""
+def correct(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per sample: whether its requested class has probability > 0.5 (RRR)."""
     probs, labels = np.asarray(probs), np.asarray(labels)
     if probs.ndim != 2 or labels.shape != probs.shape[:1]:
         raise ValueError(f"probs must be [N, classes] and labels [N], got {probs.shape} and "
                          f"{labels.shape}")
-    return float(np.mean(probs[np.arange(len(labels)), labels] > 0.5))
+    return probs[np.arange(len(labels)), labels] > 0.5
+
+
+def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Fraction of samples whose requested class has probability > 0.5 (RRR)."""
+    return float(np.mean(correct(probs, labels)))
 
 
 def requested_classes(num: int, num_classes: int) -> np.ndarray:
@@ -152,23 +161,12 @@ def classifier_free(model: DiffusionModel, labels: np.ndarray, num_classes: int,
 
 # --- one dataset -----------------------------------------------------------------------
 def _load(workdir: str, kind: str):
-    return train.load_params(os.path.join(workdir, "models", kind))
-
-
-def train_models(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-    """Trains (or reuses) every model of one dataset; seconds per model."""
-    seconds = {}
-    for kind in needed_models(config):
-        t0 = time.time()
-        logging.info("guidance_table: training %s", kind)
-        train.train(config.models[kind], os.path.join(workdir, "models", kind))
-        seconds[kind] = time.time() - t0
-    return seconds
+    return loading.load_params(os.path.join(workdir, "models", kind))
 
 
 def needed_models(config: ml_collections.ConfigDict) -> list[str]:
     names = {"energy", "classifier", "judge"} | {m for r in config.rows for m in r.models}
-    if any(r.sampler == "reverse_equal" for r in config.rows):
+    if common.uses_equal(config.rows):
         names.add("eps_equal")
     if config.get("classifier_free", False):
         names.add("conditional")
@@ -178,9 +176,10 @@ def needed_models(config: ml_collections.ConfigDict) -> list[str]:
 
 
 def equal_nfe_budget(config: ml_collections.ConfigDict) -> int:
-    t = config.models.energy.schedule.num_levels
-    return max([make_sampler(r).nfe(t) for r in config.rows
-                if r.sampler not in ("reverse", "reverse_equal")] or [0])
+    """The NFE per chain of the costliest MCMC row (what ``reverse_equal`` spends)."""
+    schedule = config.models.energy.schedule
+    equal = common.equal_nfe(config.rows, schedule.name, schedule.num_levels)
+    return equal.nfe if equal else 0
 
 
 class _Dataset:
@@ -191,7 +190,7 @@ class _Dataset:
         data = config.models.energy.data
         source = image_data.ImageSource.from_config(data, split="test")
         self.image_shape = source.image_shape
-        self.models = {k: train.load_model(os.path.join(workdir, "models", k))
+        self.models = {k: loading.load_model(os.path.join(workdir, "models", k))
                        for k in ("eps", "energy", "eps_equal", "conditional")
                        if k in needed_models(config)}
         _, module, params = _load(workdir, "classifier")
@@ -206,11 +205,13 @@ class _Dataset:
         probs, self.real_features = judge(self.judge_module, self.judge_params, real)
         self.judge_accuracy = float(np.mean(np.argmax(probs, -1) == real_labels))
         self.labels = asked_classes(config, self.num_classes)
+        self.budget = equal_nfe_budget(config)  # reverse_equal's NFE
 
     def score(self, x: np.ndarray, labels: np.ndarray | None = None) -> dict:
         probs, feats = judge(self.judge_module, self.judge_params, x)
         pr = image_metrics.precision_recall(self.real_features, feats)
-        return {"accuracy": accuracy(probs, self.labels if labels is None else labels),
+        hits = correct(probs, self.labels if labels is None else labels)
+        return {"accuracy": float(hits.mean()), "correct": hits.astype(int).tolist(),
                 "frechet": image_metrics.frechet_distance(self.real_features, feats),
                 "precision": pr[0], "recall": pr[1]}
 
@@ -237,20 +238,19 @@ def _sample_per_class(ds: _Dataset, model: DiffusionModel, sampler, scale: float
 
 def image_cell(ds: _Dataset, spec: ml_collections.ConfigDict, model_name: str, scale: float,
                key: Array, save: bool = True) -> dict:
-    label = row_label(spec)
-    base = {"dataset": ds.name, "model": model_name, "sampler": label, "scale": scale}
-    if model_name == "eps" and spec.sampler not in SCORE_ONLY:
-        return {**base, "status": "n/a",
-                "reason": f"{spec.sampler} needs a log-density; the eps model is score-only"}
+    label = common.row_label(spec)
+    sampler = common.make_sampler(spec, ds.budget)
+    base = {"dataset": ds.name, "model": model_name, "sampler": label, "scale": scale,
+            "kernel_steps": sampler.num_kernel_steps}
     model, schedule = ds.models[model_name], None
-    if spec.sampler == "reverse_equal":
+    if sampler.name == common.EQUAL:
         model = ds.models["eps_equal"]
         schedule = model.schedule
-        sampler = make_sampler(spec, budget=equal_nfe_budget(ds.config))
-    else:
-        sampler = make_sampler(spec)
+    reason = common.log_density_reason(sampler, model.has_log_prob, model_name)
+    if reason:
+        return {**base, "status": "n/a", "reason": reason}
     t0 = time.time()
-    if spec.get("resample_ess", 0.0) > 0:
+    if sampler.resample_ess > 0:
         x, stats = _sample_per_class(ds, model, sampler, scale, key, schedule)
     else:
         target = guided(model, ds.classifier, jnp.asarray(ds.labels, jnp.int32), scale)
@@ -271,7 +271,7 @@ def classifier_free_cell(ds: _Dataset, scale: float, key: Array) -> dict:
     x, stats = _sample(classifier_free(model, ds.labels, ds.num_classes, scale),
                        samplers.get("reverse"), model.schedule, key, len(ds.labels))
     row = {"dataset": ds.name, "model": "conditional eps", "sampler": "cfg", "scale": scale,
-           **ds.score(x), "nfe": int(stats.nfe), "seconds": time.time() - t0,
+           "kernel_steps": 0, **ds.score(x), "nfe": int(stats.nfe), "seconds": time.time() - t0,
            "diverged": int(stats.diverged)}
     _save(ds, x, "conditional_cfg")
     return row
@@ -296,12 +296,13 @@ def attribute_pair_cell(ds: _Dataset, spec: ml_collections.ConfigDict, guidance:
         target = guided(model, ds.classifier, jnp.asarray(labels, jnp.int32), scale)
         name = "energy + joint classifier"
     t0 = time.time()
-    x, stats = _sample(target, make_sampler(spec), model.schedule, key, len(labels))
-    row = {"dataset": f"{ds.name} held-out pairs", "model": name, "sampler": row_label(spec),
+    x, stats = _sample(target, common.make_sampler(spec), model.schedule, key, len(labels))
+    label = common.row_label(spec)
+    row = {"dataset": f"{ds.name} held-out pairs", "model": name, "sampler": label,
            "scale": scale, **ds.score(x, labels), "num_images": len(labels),
            "nfe": int(stats.nfe),
            "seconds": time.time() - t0, "diverged": int(stats.diverged)}
-    _save(ds, x, f"heldout_{guidance}_{row_label(spec)}", labels)
+    _save(ds, x, f"heldout_{guidance}_{label}", labels)
     logging.info("%s %s %s accuracy %.3f", row["dataset"], name, row["sampler"], row["accuracy"])
     return row
 
@@ -321,30 +322,34 @@ def _save(ds: _Dataset, x: np.ndarray, name: str, labels: np.ndarray | None = No
 
 def run_dataset(name: str, config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Every row of one dataset, plus accuracy against the guidance scale."""
-    train_seconds = train_models(config, workdir)
+    train_seconds = common.train_models(
+        {f"models/{kind}": config.models[kind] for kind in needed_models(config)}, workdir)
     ds = _Dataset(name, config, workdir)
     logging.info("guidance_table: %s judge accuracy on held-out images %.3f", name,
                  ds.judge_accuracy)
     key = jax.random.key(config.seed)
+
+    def cell_key(scale: float) -> Array:  # one key per scale: the rows' samples are paired
+        return jax.random.fold_in(key, 1000 + int(10 * scale))
+
     rows = []
-    for i, spec in enumerate(config.rows):
+    for spec in config.rows:
         for model_name in spec.models:
-            rows.append(image_cell(ds, spec, model_name, config.scale,
-                                   jax.random.fold_in(key, i)))
+            rows.append(image_cell(ds, spec, model_name, config.scale, cell_key(config.scale)))
     if config.get("classifier_free", False):
-        rows.append(classifier_free_cell(ds, config.scale, jax.random.fold_in(key, 99)))
-    for i, spec in enumerate(config.get("attribute_pairs", {}).get("rows", [])):
+        rows.append(classifier_free_cell(ds, config.scale, cell_key(config.scale)))
+    for spec in config.get("attribute_pairs", {}).get("rows", []):
         for guidance in ("attributes", "joint"):
-            rows.append(attribute_pair_cell(ds, spec, guidance, jax.random.fold_in(key, 200 + i)))
+            rows.append(attribute_pair_cell(ds, spec, guidance, jax.random.fold_in(key, 200)))
     curve = []
     for spec in config.scale_curve.rows:
         for scale in sorted({*config.scale_curve.scales, config.scale}):
             for model_name in spec.models:
                 main = [r for r in rows if scale == config.scale and r["dataset"] == name
-                        and (r["model"], r["sampler"]) == (model_name, row_label(spec))]
-                row = main[0] if main else image_cell(
-                    ds, spec, model_name, scale, jax.random.fold_in(key, 1000 + int(10 * scale)),
-                    save=False)
+                        and (r["model"], r["sampler"]) == (model_name,
+                                                           common.row_label(spec))]
+                row = main[0] if main else image_cell(ds, spec, model_name, scale,
+                                                      cell_key(scale), save=False)
                 curve.append({k: row[k] for k in ("model", "sampler", "scale", "accuracy",
                                                   "frechet") if k in row})
     return {"rows": rows, "scale_curve": curve, "judge_accuracy": ds.judge_accuracy,
@@ -380,27 +385,26 @@ def oracle_rows(config: ml_collections.ConfigDict, seed: int) -> list[dict]:
         k_ref, k_floor = jax.random.split(jax.random.fold_in(key, int(10 * scale)))
         reference = np.asarray(grid.sample(k_ref, config.num_samples))
         floor = mmd_floor(grid, reference, k_floor)
-        for i, spec in enumerate(config.rows):
-            sampler = make_sampler(spec)
+        cell_key = jax.random.fold_in(key, 10_000 + int(10 * scale))  # paired rows
+        for spec in config.rows:
+            sampler, label = common.make_sampler(spec), common.row_label(spec)
             t0 = time.time()
-            x, stats = _sample(target, sampler, gmm.schedule,
-                               jax.random.fold_in(key, 100 * i + int(10 * scale)),
-                               config.num_samples)
+            x, stats = _sample(target, sampler, gmm.schedule, cell_key, config.num_samples)
             k_post = np.exp(np.asarray(posterior.log_probs(jnp.asarray(x), 0)))[
                 :, config.component]
-            rows.append({"dataset": "oracle", "model": "exact", "sampler": row_label(spec),
+            rows.append({"dataset": "oracle", "model": "exact", "sampler": label,
                          "scale": float(scale), "mmd": metrics.mmd(x, reference),
                          "mmd_floor": floor, "accuracy": float(np.mean(k_post > 0.5)),
                          "nfe": int(stats.nfe), "seconds": time.time() - t0,
                          "diverged": int(stats.diverged)})
             logging.info("oracle scale %.1f %-10s mmd %.4f (floor %.4f) accuracy %.3f",
-                         scale, row_label(spec), rows[-1]["mmd"], floor, rows[-1]["accuracy"])
+                         scale, label, rows[-1]["mmd"], floor, rows[-1]["accuracy"])
     return rows
 
 
 # --- the table -------------------------------------------------------------------------
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    t_start = time.time()
+    """The oracle rows, then every dataset's rows and scale curve."""
     workdir = os.path.abspath(workdir)
     os.makedirs(os.path.join(workdir, "figures"), exist_ok=True)
     result: dict[str, Any] = {"rows": [], "scale_curve": [], "judge_accuracy": {},
@@ -417,16 +421,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         result["judge_accuracy"][name] = out["judge_accuracy"]
         result["train_seconds"][name] = out["train_seconds"]
     result["classifier_accuracy"] = result["judge_accuracy"]
-    result.update(machine=table2d.machine(), config=json.loads(config.to_json()),
-                  wall_seconds=time.time() - t_start)
     if result["scale_curve"]:
         _scale_figure(result["scale_curve"], os.path.join(workdir, "figures",
                                                           "accuracy_vs_scale.png"))
-    with open(os.path.join(workdir, "guidance_table.json"), "w") as f:
-        json.dump(result, f, indent=1)
-    with open(os.path.join(workdir, "guidance_table.md"), "w") as f:
-        f.write(markdown(result))
-    logging.info("guidance_table done in %.0fs: %s", result["wall_seconds"], workdir)
     return result
 
 
@@ -445,63 +442,61 @@ def _scale_figure(curve: list[dict], path: str) -> None:
         ax.set_xlabel("guidance scale")
         ax.set_ylabel("accuracy (judge p > 0.5)")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    common.save_figure(fig, path)
 
 
-
-def claims(result: dict) -> list[str]:
-    """RRR's claim per dataset: MCMC on the energy model raises accuracy over reverse
-    diffusion at equal NFE without hurting the Frechet distance; and the oracle check."""
-    lines = []
+def claims(result: dict) -> list[dict]:
+    """RRR's claim per dataset on paired per-image outcomes: the best MCMC row on the energy
+    model beats the best reverse-diffusion row (the Frechet distances beside it); and, on
+    the held-out pairs, composed attribute classifiers beat the joint one."""
+    out = []
     for name in dict.fromkeys(r["dataset"] for r in result["rows"]):
-        rows = [r for r in result["rows"] if r["dataset"] == name and "status" not in r]
+        rows = [r for r in result["rows"] if r["dataset"] == name and "correct" in r]
         if name == "oracle":
-            for scale in sorted({r["scale"] for r in rows}):
-                at = [r for r in rows if r["scale"] == scale]
-                ok = [r["sampler"] for r in at if r["mmd"] <= 3 * r["mmd_floor"]]
-                lines.append(f"Oracle, scale {scale:g}: within 3x the exact-vs-exact MMD floor: "
-                             + (", ".join(ok) if ok else "none") + ".")
             continue
         if name.endswith(" held-out pairs"):
-            lines += _held_out_claims(name, rows)
+            out += _held_out_claims(name, rows)
             continue
-        n = result["config"]["dataset_configs"][name]["num_images"]
-        reverse = [r for r in rows if r["sampler"] in ("reverse", "reverse_equal")
-                   and r["model"] != "conditional eps"]
-        mcmc = [r for r in rows if r["model"] == "energy" and r["sampler"] not in
-                ("reverse", "reverse_equal")]
+        reverse = [r for r in rows if r["kernel_steps"] == 0 and r["model"] != "conditional eps"]
+        mcmc = [r for r in rows if r["model"] == "energy" and r["kernel_steps"] > 0]
         if not reverse or not mcmc:
             continue
-        best_mcmc = max(mcmc, key=lambda r: r["accuracy"])
-        best_rev = max(reverse, key=lambda r: r["accuracy"])
-        frechet = ("without hurting the Frechet distance" if best_mcmc["frechet"]
-                   <= best_rev["frechet"] else "but with a larger Frechet distance")
-        lines.append(
-            f"{name}: MCMC on the energy model beats reverse diffusion: "
-            f"{metrics.proportion_verdict(best_mcmc['accuracy'], best_rev['accuracy'], n)} "
-            f"(energy {best_mcmc['sampler']} {best_mcmc['accuracy']:.2f}, Frechet "
-            f"{best_mcmc['frechet']:.2f}; {best_rev['model']} {best_rev['sampler']} "
-            f"{best_rev['accuracy']:.2f}, Frechet {best_rev['frechet']:.2f}; {frechet}).")
-    return lines
+        best = max(mcmc, key=lambda r: r["accuracy"])
+        rev = max(reverse, key=lambda r: r["accuracy"])
+        claim = paired.compare(f"{name}: MCMC on the energy model beats reverse diffusion",
+                               f"energy {best['sampler']}", best["correct"],
+                               f"{rev['model']} {rev['sampler']}", rev["correct"], binary=True)
+        frechet = ("without hurting the Frechet distance" if best["frechet"] <= rev["frechet"]
+                   else "but with a larger Frechet distance")
+        claim["text"] += (f" Frechet {best['frechet']:.2f} against {rev['frechet']:.2f}: "
+                          f"{frechet}.")
+        out.append(claim)
+    return out
 
 
-def _held_out_claims(name: str, rows: list[dict]) -> list[str]:
+def _held_out_claims(name: str, rows: list[dict]) -> list[dict]:
     """Composed attribute classifiers against the joint one, on pairs neither model saw."""
-    lines = []
+    out = []
     for sampler in dict.fromkeys(r["sampler"] for r in rows):
         by = {r["model"].split(" + ")[1]: r for r in rows if r["sampler"] == sampler}
         if len(by) != 2:
             continue
         composed, joint = by["shape, colour classifiers"], by["joint classifier"]
-        n = composed.get("num_images") or 0
-        verdict = (metrics.proportion_verdict(composed["accuracy"], joint["accuracy"], n)
-                   if n else "n/a")
-        lines.append(f"{name}, {sampler}: composing the shape and colour classifiers asks for "
-                     f"pairs the generator never saw: accuracy {composed['accuracy']:.2f} "
-                     f"against {joint['accuracy']:.2f} with the joint classifier "
-                     f"(better: {verdict}).")
+        out.append(paired.compare(
+            f"{name}, {sampler}: composing the shape and colour classifiers beats the joint "
+            "classifier on pairs the generator never saw", "composed", composed["correct"],
+            "joint", joint["correct"], binary=True))
+    return out
+
+
+def oracle_notes(result: dict) -> list[str]:
+    """The oracle check: which samplers come within 3x the exact-vs-exact MMD floor."""
+    rows = [r for r in result["rows"] if r["dataset"] == "oracle" and "mmd" in r]
+    lines = []
+    for scale in sorted({r["scale"] for r in rows}):
+        ok = [r["sampler"] for r in rows if r["scale"] == scale and r["mmd"] <= 3 * r["mmd_floor"]]
+        lines.append(f"Oracle, scale {scale:g}: within 3x the exact-vs-exact MMD floor: "
+                     + (", ".join(ok) if ok else "none") + ".")
     return lines
 
 
@@ -520,14 +515,11 @@ def markdown(result: dict) -> str:
                      f"{r['accuracy']:.2f} | {_fmt(r.get('frechet'), '.2f')} | "
                      f"{_fmt(r.get('precision'), '.2f')} | {_fmt(r.get('recall'), '.2f')} | "
                      f"{mmd} | {r['nfe']} | {r['seconds']:.0f} |")
-    lines += [""] + claims(result)
+    lines += [""] + oracle_notes(result)
     lines.append("\nJudge (clean classifier) accuracy on held-out images: " + ", ".join(
         f"{k} {v:.3f}" for k, v in result["judge_accuracy"].items()) + ".")
     if result.get("scale_curve"):
         lines.append("\nAccuracy against guidance scale: " + "; ".join(
             f"{c['dataset']} {c['model']} {c['sampler']} {c['scale']:g}: {c['accuracy']:.2f}"
             for c in result["scale_curve"] if "accuracy" in c) + ".")
-    train_s = sum(sum(v.values()) for v in result["train_seconds"].values())
-    lines.append(f"\nMachine: {result['machine']}. Wall time {result['wall_seconds']:.0f}s "
-                 f"(training {train_s:.0f}s).")
     return "\n".join(lines) + "\n"

@@ -1,4 +1,4 @@
-"""RRR Table 3 at CPU scale: ``scripts/guidance_table.py --config=configs/guidance_table.py:<v>``.
+"""RRR Table 3 at CPU scale: ``scripts/run.py --config=configs/experiments/guidance_table.py:<v>``.
 
 Variants:
 
@@ -21,16 +21,25 @@ from __future__ import annotations
 
 import ml_collections
 
-from compdiff import samplers, schedules
 from compdiff.data import scene_classes
+from compdiff.experiments import common
 from configs import classifier as classifier_configs
+from configs import common as shared
 from configs import guidance_models
+from configs.common import image_row
 
 VARIANTS = ("tiny", "quick", "cpu", "paper")
 
 
 def _row(sampler: str, models: tuple[str, ...], **kw) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict({"sampler": sampler, "models": list(models), **kw})
+    return image_row(sampler, extras={"models": list(models)}, **kw)
+
+
+def _with_models(row: ml_collections.ConfigDict, models: tuple[str, ...]
+                 ) -> ml_collections.ConfigDict:
+    row = row.copy_and_resolve_references()
+    row.models = list(models)
+    return row
 
 
 def _rows(variant: str) -> list[ml_collections.ConfigDict]:
@@ -48,8 +57,8 @@ def _rows(variant: str) -> list[ml_collections.ConfigDict]:
         # eps cells of Metropolis rows are "n/a" rows with the reason (score-only model).
         _row("mala", ("eps", "energy"), **mala),
         _row("hmc", ("eps", "energy"), **hmc),
-        _row("mala", ("eps", "energy"), resample_ess=0.5, **mala),
-        _row("hmc", ("eps", "energy"), resample_ess=0.5, **hmc),
+        _row("mala", ("eps", "energy"), smc=True, **mala),
+        _row("hmc", ("eps", "energy"), smc=True, **hmc),
     ]
     if variant == "tiny":  # the code paths of the rows (reverse_equal: the CLEVR table's)
         return [rows[i] for i in (0, 7)]
@@ -62,9 +71,8 @@ def _rows(variant: str) -> list[ml_collections.ConfigDict]:
 
 def _energy_rows(rows: list[ml_collections.ConfigDict]) -> list[ml_collections.ConfigDict]:
     """Reverse diffusion against HMC on the energy model (RRR's Table 3 pair)."""
-    return [_row(r.sampler, ("energy",), **{k: v for k, v in r.items() if k not in (
-        "sampler", "models")})
-        for r in rows if r.sampler in ("reverse", "hmc") and not r.get("resample_ess")]
+    return [_with_models(r, ("energy",)) for r in rows
+            if common.row_label(r) in ("reverse", "hmc")]
 
 
 def _dataset(name: str, variant: str) -> ml_collections.ConfigDict:
@@ -97,14 +105,11 @@ def _dataset(name: str, variant: str) -> ml_collections.ConfigDict:
             models[kind].data = models.energy.data.copy_and_resolve_references()
             models[kind].data.example = "class_label"
     base = models.energy.schedule
-    nfe = max(samplers.get(r.sampler, **{k: v for k, v in r.items() if k in (
-        "steps_per_level", "leapfrog")}, reverse_first=True).nfe(base.num_levels)
-              for r in config.rows if r.sampler not in ("reverse", "reverse_equal"))
-    sigma_1 = float(schedules.get(base.name, base.num_levels).sigma[1])
+    equal = common.equal_nfe(config.rows, base.name, base.num_levels)
     models.eps_equal = guidance_models.get_config(f"{model_name},param=eps")
     models.eps_equal.model.channels = models.eps.model.channels
     models.eps_equal.train.steps = models.eps.train.steps
-    models.eps_equal.schedule.num_levels = samplers.equal_cost_levels(base.name, sigma_1, nfe)[0]
+    models.eps_equal.schedule.num_levels = equal.levels
     config.models = models
     if name == "scenes":
         # The joint classifier and the generator never see the held-out pairs, so the main
@@ -123,9 +128,8 @@ def _dataset(name: str, variant: str) -> ml_collections.ConfigDict:
         if variant == "cpu":
             # To fit 60 minutes, scenes keeps the energy model only (RRR's Table 3 pair is
             # on it; digits carries the eps rows, reverse_equal and the scale curve).
-            config.rows = [_row(r.sampler, ("energy",), **{k: v for k, v in r.items() if k
-                                                            not in ("sampler", "models")})
-                           for r in config.rows if "energy" in r.models]
+            config.rows = [_with_models(r, ("energy",)) for r in config.rows
+                           if "energy" in r.models]
             models.shape_classifier.train.steps = models.colour_classifier.train.steps = 1000
             for model in models.values():
                 model.data.builder_config = model.data.builder_config.replace("32px", "16px")
@@ -153,15 +157,15 @@ def _oracle(variant: str) -> ml_collections.ConfigDict:
     config.num_samples = 1000
     config.extent = 2.0
     config.grid_size = 200
-    # The 2D table's settings (configs/table2d.py:paper): constant steps, HMC mass 1.
+    # The 2D table's settings (configs/experiments/table2d.py:paper): constant steps, HMC mass 1.
     mala = dict(steps_per_level=10, step=0.002, step_power=0.0)
     hmc = dict(steps_per_level=3, leapfrog=3, step=0.03, step_power=0.0, mass_power=0.0,
                damping=0.5)
     config.rows = [_row("reverse", ("exact",)), _row("ula", ("exact",), **mala),
                    _row("uhmc", ("exact",), **hmc), _row("mala", ("exact",), **mala),
                    _row("hmc", ("exact",), **hmc),
-                   _row("mala", ("exact",), resample_ess=0.5, **mala),
-                   _row("hmc", ("exact",), resample_ess=0.5, **hmc)]
+                   _row("mala", ("exact",), smc=True, **mala),
+                   _row("hmc", ("exact",), smc=True, **hmc)]
     if variant in ("tiny", "quick"):
         config.rows = [config.rows[i] for i in (0, 4)]
         config.num_samples = 300 if variant == "tiny" else 500
@@ -171,10 +175,10 @@ def _oracle(variant: str) -> ml_collections.ConfigDict:
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    variant = arg or "cpu"
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown guidance_table variant {variant!r}; known: {list(VARIANTS)}")
+    variant = shared.variant(arg, VARIANTS, "guidance_table", "cpu")
     config = ml_collections.ConfigDict()
+    config.experiment = "guidance_table"
+    config.variant = variant
     config.seed = 0
     config.data_dir = guidance_models.DEFAULT_DATA_DIR
     config.datasets = {"tiny": ["digits"], "quick": ["digits"], "cpu": ["digits", "scenes"],
