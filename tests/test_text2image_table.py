@@ -6,9 +6,10 @@ import os
 import numpy as np
 import pytest
 
-from compdiff import concepts, prompts, text2image_table
+from compdiff import concepts, prompts
 from compdiff.data import captioned_scenes as cs
-from configs import text2image_table as table_config
+from compdiff.experiments import common, text2image_table
+from configs.experiments import text2image_table as table_config
 
 pytest.importorskip("tokenizers")
 
@@ -29,16 +30,20 @@ def test_every_prompt_is_scorable_and_only_held_out_prompts_name_held_out_pairs(
         table_config.get_config("huge")
 
 
-def test_claims_pool_the_multi_concept_rows():
-    rows = [{"composition": c, "sampler": s, "accuracy": a, "concept_accuracy": a, "nfe": 1,
-             "seconds": 1.0} for c in text2image_table.MULTI_CONCEPT
-            for s, a in (("reverse", 0.2), ("hmc", 0.6))]
+def test_claims_pool_the_multi_concept_rows_by_pairs():
+    rows = [{"composition": c, "sampler": s, "accuracy": np.mean(hits), "correct": hits,
+             "concept_accuracy": 1.0, "nfe": 1, "seconds": 1.0}
+            for c in text2image_table.MULTI_CONCEPT
+            for s, hits in (("reverse", [0, 0, 1, 0]), ("hmc", [1, 1, 1, 0]))]
+    (claim,) = text2image_table.claims({"rows": rows})
+    assert claim["num_pairs"] == 16 and claim["estimate"] == pytest.approx(0.5)
+    assert claim["p_value"] == pytest.approx(2 / 2 ** 8) and claim["verdict"] == "holds"
     rows.append({"composition": "1 concept", "sampler": "reverse", "accuracy": 0.9,
-                 "concept_accuracy": 0.9, "nfe": 1, "seconds": 1.0})
+                 "concept_accuracy": 0.9, "nfe": 1, "seconds": 1.0, "correct": [1]})
     result = {"rows": rows, "classifier_accuracy": 0.96,
-              "classifier": {"all_concepts_accuracy": 0.98}, "config": {"num_images": 16}}
-    text = " ".join(text2image_table.claims(result))
-    assert "HMC 0.60 against reverse 0.20" in text and "holds" in text
+              "classifier": {"all_concepts_accuracy": 0.98},
+              "config": {"num_images": 4, "compositions": [{"name": "OR", "prompts": ["x"]}]}}
+    text = text2image_table.markdown(result)
     assert "model error 0.10" in text and "0.960" in text
 
 
@@ -49,13 +54,14 @@ def test_tiny_table_end_to_end(tmp_path):
     # scoring of every type is checked above (CI minutes: each cell compiles its sampler)
     config.compositions = [c for c in config.compositions if c.name == "OR"]
     workdir = tmp_path / "table"
-    result = text2image_table.run(config, str(workdir))
+    result = common.run(config, str(workdir))
     saved = json.loads((workdir / "text2image_table.json").read_text())
     assert saved["rows"] == json.loads(json.dumps(result["rows"]))
     assert {(r["composition"], r["sampler"]) for r in saved["rows"]} == {
         ("OR", s) for s in ("reverse", "hmc+smc")}
     for r in saved["rows"]:
         assert 0.0 <= r["accuracy"] <= r["concept_accuracy"] <= 1.0 and r["nfe"] > 0
+        assert r["accuracy"] == np.mean(r["correct"]) and len(r["correct"]) == 2
         assert set(r) >= {"composition", "prompt", "model", "sampler", "accuracy", "nfe",
                           "seconds"}
     assert 0.0 <= saved["classifier_accuracy"] <= 1.0 and saved["wall_seconds"] > 0

@@ -1,4 +1,4 @@
-"""RRR 5.4 at CPU scale: ``scripts/text2image_table.py --config=configs/text2image_table.py:<v>``.
+"""RRR 5.4 at CPU scale: ``scripts/run.py --config=configs/experiments/text2image_table.py:<v>``.
 
 Variants:
 
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import text2image, text2image_classifier
+from configs import common, text2image, text2image_classifier
 
 VARIANTS = ("tiny", "quick", "cpu", "paper")
 
@@ -38,10 +38,10 @@ COMPOSITIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    variant = arg or "cpu"
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown text2image_table variant {variant!r}; known: {list(VARIANTS)}")
+    variant = common.variant(arg, VARIANTS, "text2image_table", "cpu")
     config = ml_collections.ConfigDict()
+    config.experiment = "text2image_table"
+    config.variant = variant
     config.seed = 0
     config.data_dir = text2image.DEFAULT_DATA_DIR
     config.scale = 3.0  # classifier-free weight of every phrase
@@ -53,12 +53,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         {"name": name, "prompts": list(prompts[:first if name == "1 concept" else rest])})
         for name, prompts in COMPOSITIONS
         if variant != "quick" or name in ("1 concept", "2 AND", "AND NOT", "OR")]
-    config.samplers = {"tiny": ["reverse", "hmc+smc"], "quick": ["reverse", "hmc"],
-                       # MALA and SMC left out to fit 60 minutes (the guidance table has
-                       # their rows; SMC fails there at this budget)
-                       "cpu": ["reverse", "ula", "uhmc", "hmc"],
-                       }.get(variant, ["reverse", "ula", "uhmc", "mala", "hmc", "mala+smc",
-                                       "hmc+smc"])
+    rows = {"reverse": common.image_row("reverse"),
+            "ula": common.image_row("ula", 0.035), "mala": common.image_row("mala", 0.035),
+            "uhmc": common.image_row("uhmc", 0.1), "hmc": common.image_row("hmc", 0.1),
+            "mala+smc": common.image_row("mala", 0.035, smc=True),
+            "hmc+smc": common.image_row("hmc", 0.1, smc=True)}
+    names = {"tiny": ["reverse", "hmc+smc"], "quick": ["reverse", "hmc"],
+             # MALA and SMC left out to fit 60 minutes (the guidance table has
+             # their rows; SMC fails there at this budget)
+             "cpu": ["reverse", "ula", "uhmc", "hmc"]}.get(variant, list(rows))
+    config.samplers = [rows[n] for n in names]
     models = ml_collections.ConfigDict()
     models.generator = text2image.get_config(variant)
     models.judge = text2image_classifier.get_config(
