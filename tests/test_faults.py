@@ -23,10 +23,9 @@ import chex
 import numpy as np
 import pytest
 
-from compdiff import checkpoints
+from compdiff import checkpoints, experiments
 from compdiff import train as train_lib
 from compdiff import workdir as workdir_lib
-from compdiff.experiments import table2d
 from compdiff.models.loading import load_model
 from compdiff.testing import small_train_config
 from compdiff.training import writers
@@ -270,7 +269,7 @@ def test_locks_are_per_directory(tmp_path, caplog):
     spec.loader.exec_module(module)
     with workdir_lib.lock(root):
         with pytest.raises(workdir_lib.WorkdirInUse, match=f"{root} is in use by pid"):
-            table2d.run(module.get_config("quick"), root)  # refuses before any work
+            experiments.run(module.get_config("quick"), root)  # refuses before any work
         assert os.listdir(root) == ["LOCK"]
         with workdir_lib.lock(sub):  # nested use, as table2d does
             with pytest.raises(workdir_lib.WorkdirInUse, match=f"pid {os.getpid()}"):
