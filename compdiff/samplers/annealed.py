@@ -165,6 +165,9 @@ def _run(target: Density, schedule: Schedule, key: Array, step_scale: Array, *,
     kernel = sampler.spec.kernel
     reverse = kernel is None or sampler.reverse_first
     track_weights = (target.has_log_prob and sampler.invariant) or sampler.fkc
+    # A reverse step whose exact weights steer resampling proposes with variance beta
+    # (weights.py); FKC weights do not involve the step's density, and are closer with btilde.
+    smc_proposal = sampler.resample_ess > 0 and not sampler.fkc
 
     k_x, k_v = jax.random.split(jax.random.fold_in(key, 0))
     z = constrain(jax.random.normal(k_x, (num, target.dim)))
@@ -181,7 +184,7 @@ def _run(target: Density, schedule: Schedule, key: Array, step_scale: Array, *,
         t_from = jnp.minimum(t + 1, num_levels)
         if reverse:
             stepped = kernels.reverse_step(state, jax.random.fold_in(level_key, 1 << 20),
-                                           t_from, schedule)
+                                           t_from, schedule, upper_variance=smc_proposal)
             x = jnp.where(t < num_levels, stepped, x)
         log_prob, grad, fkc_term = _evaluate_level(target, x, t, sampler.fkc)
         if fkc_term is not None:
@@ -192,8 +195,8 @@ def _run(target: Density, schedule: Schedule, key: Array, step_scale: Array, *,
             # -inf - (-inf) is NaN: a chain at zero weight stays at zero weight.
             log_w = log_w + log_prob - state.log_prob
             if reverse:
-                correction = weights.reverse_proposal_correction(state.x, state.grad, x, t_from,
-                                                                 schedule)
+                correction = weights.reverse_proposal_correction(
+                    state.x, state.grad, x, t_from, schedule, upper_variance=smc_proposal)
                 log_w = log_w + jnp.where(t < num_levels, correction, 0.0)
         log_w = weights.finite_log_weights(log_w)
         state = kernels.ChainState(x=x, v=state.v * jnp.sqrt(mass[t] / mass[t + 1]),

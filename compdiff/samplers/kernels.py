@@ -171,15 +171,20 @@ def uhmc(target: Density, state: ChainState, key: Array, p: LevelParams):
     return _hmc(target, state, key, p, adjusted=False)
 
 
-def reverse_step(state: ChainState, key: Array, t: Array, schedule) -> Array:
+def reverse_step(state: ChainState, key: Array, t: Array, schedule,
+                 upper_variance: bool = False) -> Array:
     """Ancestral step from level ``t`` to ``t - 1`` using the cached score at level ``t``.
 
     ``x_{t-1} = (x_t - beta_t / sigma_t * eps_hat) / sqrt(alpha_t) + sqrt(btilde_t) z``
     with ``eps_hat = -sigma_t * score``, i.e. ``(x_t + beta_t score) / sqrt(alpha_t) + ...``.
+    ``upper_variance`` takes DDPM's other variance, ``beta_t`` instead of ``btilde_t``: an
+    SMC proposal needs it, since with ``btilde_t < beta_t / (2 alpha_t)`` (the lowest
+    levels) the weight against the forward kernel has infinite variance (docs/smc.md).
     """
     noise = jax.random.normal(key, state.x.shape, state.x.dtype)
     mean = (state.x + schedule.beta[t] * state.grad) / jnp.sqrt(schedule.alpha[t])
-    return mean + jnp.sqrt(schedule.btilde[t]) * noise
+    var = schedule.beta[t] if upper_variance else schedule.btilde[t]
+    return mean + jnp.sqrt(var) * noise
 
 
 Kernel = Callable[[Density, ChainState, Array, LevelParams], tuple[ChainState, Array]]

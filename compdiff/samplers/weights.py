@@ -13,7 +13,10 @@ The log-weight of a chain sums one increment per level change ``t + 1 -> t``:
   :func:`reverse_proposal_correction`, so the increment is
   ``log pi_t(x') - log pi_{t+1}(x) + log L(x | x') - log q(x' | x)``.
   Exact for any composition with a log-density; kernel moves after it must
-  leave ``pi_t`` invariant.
+  leave ``pi_t`` invariant. A resampling run proposes with DDPM's variance
+  ``beta_{t+1}``, not ``btilde_{t+1}``: at the lowest levels ``btilde < beta /
+  (2 alpha)``, where the weight's variance is infinite (one-step ESS 0.00
+  entering level 1 of a 2D Gaussian product with ``btilde``).
 - **Feynman-Kac correctors** (Skreta et al., ICML 2025) for score-only weighted
   products ``pi_t = prod_i p_{i,t} ** w_i``: :func:`fkc_increment`, a
   time-discretized approximation (the derivation is in docs/smc.md).
@@ -74,15 +77,16 @@ def log_normal(x: Array, mean: Array, var: Array) -> Array:
 
 
 def reverse_proposal_correction(x_from: Array, grad_from: Array, x_to: Array, t_from: Array,
-                                schedule) -> Array:
+                                schedule, upper_variance: bool = True) -> Array:
     """``log L(x | x') - log q(x' | x)`` for the reverse step ``x = x_from -> x' = x_to``.
 
-    ``grad_from`` is ``grad log pi_{t_from}(x_from)``, the score the step used.
+    ``grad_from`` is ``grad log pi_{t_from}(x_from)``, the score the step used; the
+    step's variance is ``beta`` (``upper_variance``, as SMC proposes) or ``btilde``.
     """
     alpha, beta = schedule.alpha[t_from], schedule.beta[t_from]
     mean = (x_from + beta * grad_from) / jnp.sqrt(alpha)
-    return (log_normal(x_from, jnp.sqrt(alpha) * x_to, beta)
-            - log_normal(x_to, mean, schedule.btilde[t_from]))
+    var = beta if upper_variance else schedule.btilde[t_from]
+    return log_normal(x_from, jnp.sqrt(alpha) * x_to, beta) - log_normal(x_to, mean, var)
 
 
 def fkc_increment(child_scores: list[Array], weights: Array, beta: Array) -> Array:
