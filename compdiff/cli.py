@@ -37,11 +37,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
-from compdiff import distributed
-from compdiff.runtime import configure_cpu
-from compdiff.training import writers
 from compdiff.workdir import WorkdirInUse
 
 TRACEBACK_ENV = "COMPDIFF_TRACEBACK"
@@ -193,7 +189,7 @@ def run(main: Callable[[list[str]], Any], argv: list[str] | None = None) -> NoRe
     argv = list(sys.argv if argv is None else argv)
     quiet_logs()
     if argv:  # --help lists the main module's key flags: list ours there too
-        for name in (_VERBOSE.name, *_TABLE_FLAGS):
+        for name in (_VERBOSE.name,):
             flags.FLAGS.register_key_flag_for_module(argv[0], flags.FLAGS[name])
 
     def guarded(args: list[str]) -> Any:
@@ -211,32 +207,3 @@ def run(main: Callable[[list[str]], Any], argv: list[str] | None = None) -> NoRe
             report(e, argv)
         raise
     sys.exit(0)  # app.run always exits; this line only satisfies the type checker
-
-
-_TABLE_FLAGS: list[str] = []
-
-
-def table_main(experiment: Any) -> Callable[[list[str]], None]:
-    """The ``main`` of a table entrypoint (``scripts/{table2d,clevr_table,...}.py``).
-
-    Defines ``--config=FILE[:variant]`` and ``--workdir``; ``main`` runs
-    ``experiment.run(config, workdir)`` (a module with ``run`` and ``markdown``)
-    and prints the Markdown table. Call once, at import of the script.
-    """
-    config = config_flags.DEFINE_config_file("config", None, "Table config file[:variant].",
-                                             lock_config=True)
-    workdir = flags.DEFINE_string("workdir", None,
-                                  "Output directory (trained parts are reused from it).")
-    flags.mark_flags_as_required(["config", "workdir"])
-    _TABLE_FLAGS[:] = ["config", "workdir"]
-
-    def main(argv: list[str]) -> None:
-        configure_cpu()
-        distributed.initialize()
-        if len(argv) > 1:
-            raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-        logging.set_verbosity(logging.INFO)
-        writers.quiet_orbax_logs()
-        print(experiment.markdown(experiment.run(config.value, workdir.value)))
-
-    return main

@@ -80,14 +80,6 @@ from compdiff.training import state as state_lib
 from compdiff.training import tasks, writers
 from compdiff.training.state import TrainState
 
-# Compatibility names for the modules that still use them (issue 21's trainer split moved
-# them): import them from their homes instead. train.LinenApply, imported above, is one too.
-build_model = loading.build_model
-load_model = loading.load_model
-load_params = loading.load_params
-make_network = tasks.make_network
-quiet_orbax_logs = writers.quiet_orbax_logs
-
 # Config sections that fix what a checkpoint means; resuming with others is an error.
 _MODEL_SECTIONS = ("data", "model", "schedule")
 

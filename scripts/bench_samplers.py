@@ -41,10 +41,12 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
-from compdiff import benchmarking, cli, distributed, samplers, schedules, train
+from compdiff import benchmarking, cli, distributed, samplers, schedules
 from compdiff.experiments.common import machine
+from compdiff.models import loading
 from compdiff.models.mlp import NORMS
 from compdiff.runtime import configure_cpu
+from compdiff.training import tasks
 from configs import toy2d
 
 _BATCH = flags.DEFINE_integer("batch", 1000, "chains per run", lower_bound=1)
@@ -189,9 +191,9 @@ def _model(param: str, schedule_levels: int):
     config = toy2d.get_config(f"dataset=ring,param={param}")
     config.schedule.num_levels = schedule_levels
     config.model.widen, config.model.norm = _WIDEN.value, _NORM.value
-    network = train.make_network(config, dim=2)
+    network = tasks.make_network(config, dim=2)
     params = network.init(jax.random.PRNGKey(0), jnp.zeros((1, 2)), jnp.zeros((1,), jnp.int32))
-    return train.build_model(config, params["params"])
+    return loading.build_model(config, params["params"])
 
 
 def _write(results: dict) -> None:

@@ -11,9 +11,10 @@ the Markdown table. Fields are overridable: ``--config.num_samples=500``. See
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from compdiff import cli, distributed, train
+from compdiff import cli, distributed
 from compdiff.experiments import common
 from compdiff.runtime import configure_cpu
+from compdiff.training import writers
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:variant].",
                                           lock_config=True)
@@ -28,7 +29,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.INFO)
-    train.quiet_orbax_logs()
+    writers.quiet_orbax_logs()
     result = common.run(_CONFIG.value, _WORKDIR.value)
     with open(f"{_WORKDIR.value}/{result['experiment']}.md") as f:
         print(f.read())

@@ -55,12 +55,12 @@ from compdiff import (
     samplers,
     schedules,
     text2image,
-    train,
 )
 from compdiff.data import toy2d
 from compdiff.distributed import gather, initialize, is_main
 from compdiff.models import loading
 from compdiff.runtime import configure_cpu
+from compdiff.training import writers
 
 _MODELS = flags.DEFINE_multi_string("model", None, "NAME=WORKDIR or NAME=oracle:DATASET.")
 _COMPOSITION = flags.DEFINE_string("composition", None,
@@ -169,7 +169,7 @@ def main(argv: list[str]) -> None:
     initialize()
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    train.quiet_orbax_logs()
+    writers.quiet_orbax_logs()
     for module in _REGISTER.value:
         importlib.import_module(module)
     if _PROMPT.value is not None:

@@ -216,7 +216,7 @@ def test_every_checkpoint_damaged_is_one_clear_error(at_40, tmp_path):
     for step in ("20", "40"):
         os.truncate(largest_file(os.path.join(workdir, "checkpoints", step)), 100)
     directory = os.path.join(workdir, "checkpoints")
-    for attempt in (train_lib.load_model, lambda w: train_lib.train(small_config(), w)):
+    for attempt in (load_model, lambda w: train_lib.train(small_config(), w)):
         with pytest.raises(ValueError, match=f"no checkpoint in {directory} restores") as e:
             attempt(workdir)
         message = str(e.value)
