@@ -50,6 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from compdiff.compose import Density
+from compdiff.models.conditioning import Label
 from compdiff.models.diffusion import ApplyFn, LinenApply
 
 Array = jnp.ndarray
@@ -138,24 +139,31 @@ class Classifier:
             label = str(int(raw)) if raw.ndim == 0 else f"[{raw.shape[0]} labels]"
         else:
             label = "..."
+        # The class is the array leaf y; its text is only a label, out of the jit cache key,
+        # so guidance towards different classes shares one compiled sampler.
         return ClassTerm(classifier=self, y=jnp.asarray(y, jnp.int32), dim=self.dim,
-                         name=f"{self.name}(y={label})")
+                         name=self.name, label=Label(f"y={label}"))
 
 
 @flax.struct.dataclass
 class ClassTerm(Density):
-    """``log p_phi(y | x_t, t)`` of a :class:`Classifier`, a leaf of the algebra."""
+    """``log p_phi(y | x_t, t)`` of a :class:`Classifier`, a leaf of the algebra.
+
+    ``name`` names the classifier and ``label`` the class (``y=3``), for
+    :meth:`describe` (``classifier(y=3)``); the class itself is the array ``y``.
+    """
 
     classifier: Classifier
     y: Array  # int32 [] or [B]
     dim: int = flax.struct.field(pytree_node=False, default=0)
-    name: str = flax.struct.field(pytree_node=False, default="classifier(y)")
+    name: str = flax.struct.field(pytree_node=False, default="classifier")
     has_log_prob: bool = flax.struct.field(pytree_node=False, default=True)
+    label: Label = flax.struct.field(pytree_node=False, default=Label())
 
     def labels(self, batch: int) -> Array:
         """The labels broadcast to ``[batch]``; a per-chain array must have ``batch`` entries."""
         if self.y.ndim == 1 and self.y.shape[0] != batch:
-            raise ValueError(f"{self.name}: {self.y.shape[0]} labels (one per chain) but a "
+            raise ValueError(f"{self.describe()}: {self.y.shape[0]} labels (one per chain) but a "
                              f"batch of {batch} chains")
         return jnp.broadcast_to(self.y, (batch,))
 
@@ -199,4 +207,4 @@ class ClassTerm(Density):
         return self.evaluate_together([self], x, t, "log_prob_and_score")[0]
 
     def describe(self) -> str:
-        return self.name
+        return f"{self.name}({self.label or 'y'})"

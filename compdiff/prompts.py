@@ -446,7 +446,10 @@ def compose_prompt(prompt: str | PromptNode, model: DiffusionModel, encode: Enco
     pooled embedding; it is called once, here, on the distinct phrases, never
     per sampler step. Every leaf of the result is ``model`` under a condition,
     so the whole prompt, ORs included, runs as one batched network call
-    (:mod:`compdiff.compose` groups the leaves of the whole tree).
+    (:mod:`compdiff.compose` groups the leaves of the whole tree). The embeddings and
+    weights are array leaves and the phrases only labels, so prompts of one shape (same
+    tree of operators, same phrase repeats, same zero-weight terms) are one pytree
+    structure and share one compiled sampler.
 
     Raises ``ValueError`` for a malformed or improper prompt, an unconditional
     network, or an OR over a score-only (``eps``) network, all before any
@@ -475,6 +478,7 @@ def compose_prompt(prompt: str | PromptNode, model: DiffusionModel, encode: Enco
         raise ValueError(f"encode returned shape {embeddings.shape} for {len(texts)} phrases; "
                          f"{model.base_name} reads condition vectors of length {model.cond_dim}, "
                          f"so expected {(len(texts), model.cond_dim)}")
-    conditioned = {text: model.condition(e).replace(name=f"{model.base_name}|{text}")
-                   for text, e in zip(texts, embeddings)}
+    # The phrase is the leaf's label, not part of its pytree structure: prompts of one shape
+    # share one compiled sampler (compdiff.models.conditioning.Label).
+    conditioned = {text: model.condition(e, label=text) for text, e in zip(texts, embeddings)}
     return _Composer(model.unconditional(), conditioned, float(scale)).density(tree)

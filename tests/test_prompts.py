@@ -266,8 +266,8 @@ def test_score_only_conjunction_is_the_classifier_free_score(eps_model, x):
     eps_model.apply_fn.calls.clear()
     np.testing.assert_allclose(density.score(x, T), want, rtol=1e-4, atol=1e-4)
     # The null condition's weight, 1 - 2 (1 - 0.5), is 0: the term is dropped, two rows of B.
-    assert [leaf.name for leaf in compose.composition_leaves(density)] == [f"model|{CUBE}",
-                                                                         f"model|{BALL}"]
+    assert [leaf.describe() for leaf in compose.composition_leaves(density)] == [
+        f"model|{CUBE}", f"model|{BALL}"]
     assert eps_model.apply_fn.calls == [2 * B]
 
 

@@ -13,15 +13,50 @@ valid condition (a position of ``(0, 0)``, a zero text embedding), and a batch
 may mix conditional and unconditional rows, which is how a composition over
 several conditions of one network runs as one batched call
 (:mod:`compdiff.compose`).
+
+Conditions are array leaves, never static fields, so compositions that differ only in
+their condition values (two prompts of one shape, two position sets of one size, two
+class ids) have one pytree structure and share one compiled sampler. What a condition is
+called, for ``describe()``, is a :class:`Label`: static (kept through ``tree_map`` and
+``jit``) but equal to every other label, so it stays out of the jit cache key.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 
 Array = jnp.ndarray
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Label:
+    """Human-readable text of a condition (``"a red cube"``, ``"0.25,0.50"``, ``"y=3"``).
+
+    For a static (``pytree_node=False``) field of a density that only names its
+    condition: every label equals every other label and all hash alike, so
+    compositions that differ only in their labels have equal pytree structures and
+    share jit cache entries (the annealed sampler compiles once for them). The text
+    still travels with the density (``tree_map``, ``replace``); inside a compiled
+    function it is the text of the call that traced it.
+    """
+
+    text: str = ""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Label)
+
+    def __hash__(self) -> int:
+        return hash(Label)
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __bool__(self) -> bool:
+        return bool(self.text)
 
 
 @flax.struct.dataclass

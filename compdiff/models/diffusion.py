@@ -36,7 +36,7 @@ import jax.numpy as jnp
 
 from compdiff.compose import Density, Product, product
 from compdiff.models import conditioning
-from compdiff.models.conditioning import Conditions
+from compdiff.models.conditioning import Conditions, Label
 from compdiff.schedules import Schedule
 
 Array = jnp.ndarray
@@ -96,7 +96,10 @@ class DiffusionModel(Density):
     ``[B, c]``, broadcast over the batch; ``None`` for an unconditional model.
     ``cond_dim`` is the length of the condition vectors the network reads (0:
     unconditional network). ``t`` is a scalar level (a Python int or traced) or
-    one level per sample.
+    one level per sample. ``name`` names the network; ``label`` names the bound
+    condition for :meth:`describe` (``name|label``) and, being a
+    :class:`~compdiff.models.conditioning.Label`, stays out of the jit cache key:
+    one network under different condition values compiles once.
     """
 
     apply_fn: ApplyFn = flax.struct.field(pytree_node=False)
@@ -107,6 +110,7 @@ class DiffusionModel(Density):
     dim: int = flax.struct.field(pytree_node=False, default=0)
     name: str = flax.struct.field(pytree_node=False, default="model")
     cond_dim: int = flax.struct.field(pytree_node=False, default=0)
+    label: Label = flax.struct.field(pytree_node=False, default=Label())
 
     def __post_init__(self):
         check_parameterization(self.parameterization)
@@ -116,26 +120,34 @@ class DiffusionModel(Density):
         return is_energy(self.parameterization)
 
     # --- conditions ----------------------------------------------------------------------
-    def condition(self, value: Array) -> DiffusionModel:
-        """This network given the condition ``value`` (``[c]``, or ``[B, c]`` per sample)."""
+    def condition(self, value: Array, label: str | None = None) -> DiffusionModel:
+        """This network given the condition ``value`` (``[c]``, or ``[B, c]`` per sample).
+
+        ``label`` names the condition in :meth:`describe` (default: a ``[c]`` vector's
+        entries); it does not enter the jit cache key.
+        """
         value = jnp.asarray(value, jnp.float32)
         if not self.cond_dim:
             raise ValueError(f"{self.name} is an unconditional network; it takes no condition")
         if value.shape[-1:] != (self.cond_dim,):
             raise ValueError(f"{self.name} reads condition vectors of length {self.cond_dim}, "
                              f"got shape {value.shape}")
-        concrete = value.ndim == 1 and not isinstance(value, jax.core.Tracer)
-        label = ",".join(f"{v:.2f}" for v in value.tolist()) if concrete else "..."
-        return self.replace(cond=conditioning.given(value), name=f"{self.base_name}|{label}")
+        if label is None:
+            concrete = value.ndim == 1 and not isinstance(value, jax.core.Tracer)
+            label = ",".join(f"{v:.2f}" for v in value.tolist()) if concrete else "..."
+        return self.replace(cond=conditioning.given(value), name=self.base_name,
+                            label=Label(str(label)))
 
     def unconditional(self) -> DiffusionModel:
         """This network under its learned null condition, ``p(x)``."""
         if not self.cond_dim:
-            return self.replace(cond=None)
-        return self.replace(cond=conditioning.null(self.cond_dim), name=f"{self.base_name}|null")
+            return self.replace(cond=None, label=Label())
+        return self.replace(cond=conditioning.null(self.cond_dim), name=self.base_name,
+                            label=Label("null"))
 
     @property
     def base_name(self) -> str:
+        """The network's name, without a condition."""
         return self.name.split("|")[0]
 
     def network_key(self) -> Hashable | None:
@@ -222,7 +234,7 @@ class DiffusionModel(Density):
         return -e / sigma[..., 0], -eps_hat / sigma
 
     def describe(self) -> str:
-        return self.name
+        return f"{self.name}|{self.label}" if self.label else self.name
 
 
 def classifier_free_product(model: DiffusionModel, values: Sequence[Array],
