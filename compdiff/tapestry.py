@@ -70,7 +70,7 @@ from compdiff.compose import BOTH, LOG_PROB, SCORE, Density
 Array = jnp.ndarray
 # Static dataclass fields that only label a density (for describe()); crops whose densities
 # differ in them alone still batch. Every other static field must agree.
-_LABEL_FIELDS = ("name",)
+_LABEL_FIELDS = ("name", "label")
 
 
 @flax.struct.dataclass
