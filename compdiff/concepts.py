@@ -4,7 +4,7 @@ A prompt of the text-to-image setup asks for concepts: "a red cube AND a blue sp
 NOT a green cylinder" requires two and forbids one; "(a red cube OR a blue sphere) AND a
 yellow cylinder" needs at least one of a group. Given ``presence(images, concepts) ->
 p(concept present | image)`` (the evaluation classifier of
-``configs/text2image_classifier.py``, see :func:`classifier_presence`), an image is
+``configs/models/text2image_classifier.py``, see :func:`classifier_presence`), an image is
 correct when (:func:`prompt_correct`):
 
 - every ``required`` concept is present: ``p > threshold`` (0.5);

@@ -59,8 +59,8 @@ def ring_and_bar(schedule: Schedule, bar_y: float = 0.0
 
 
 def small_train_config(param: str = "eps", steps: int = 40) -> ml_collections.ConfigDict:
-    """``configs/toy2d.py`` on the ring, shrunk to train in seconds (tests only)."""
-    from configs import toy2d  # the config package sits beside compdiff
+    """``configs/models/toy2d.py`` on the ring, shrunk to train in seconds (tests only)."""
+    from configs.models import toy2d  # the config package sits beside compdiff
 
     config = toy2d.get_config(f"dataset=ring,param={param}")
     config.model.hidden, config.model.num_blocks = 32, 2

@@ -54,6 +54,14 @@ def _image_samplers() -> dict[str, samplers.Sampler]:
             variants = [samplers.registry.from_fields(name, base, reverse_first=True)]
             if samplers.registry.needs_log_prob(name):  # SMC weights need invariant kernels
                 variants.append(samplers.registry.from_fields(name, base, resample_ess=0.5))
+                # Steps adapted toward a target acceptance (docs/smc.md): after one reverse
+                # step at the same cost, and as SMC with 3 moves from the matched reference.
+                goal = 0.6 if name == "mala" else 0.7
+                variants.append(samplers.registry.from_fields(name, base, reverse_first=True,
+                                                              adapt=goal))
+                variants.append(samplers.registry.from_fields(
+                    name, base, steps_per_level=3, adapt=goal, resample_ess=0.5,
+                    matched_reference=True))
         out.update({samplers.registry.label(s): s for s in variants})
     return out
 

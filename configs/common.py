@@ -89,15 +89,16 @@ def sampler_row(name: str, label: str = "", *, extras: Mapping[str, Any] | None 
 def image_row(name: str, step: float = 0.0, *, smc: bool = False, steps_per_level: int = 1,
               leapfrog: int = 1, step_power: float = 1.0, mass_power: float = 1.0,
               damping: float = 0.5, label: str = "",
-              extras: Mapping[str, Any] | None = None) -> ml_collections.ConfigDict:
+              extras: Mapping[str, Any] | None = None, **fields: Any
+              ) -> ml_collections.ConfigDict:
     """A sampler row with RRR's image settings: one reverse step into each level, then
     ``steps_per_level`` kernel steps of size ``step * beta_t ** step_power`` (HMC: mass
     ``beta_t ** mass_power``); ``smc``: SMC resampling at ESS 0.5 instead of the reverse
-    step (importance weights need invariant kernels). ``reverse`` and ``reverse_equal``
-    take no kernel settings."""
+    step. Other :class:`Sampler` fields pass through (``adapt=0.6``,
+    ``matched_reference=True``). ``reverse`` and ``reverse_equal`` take no kernel settings."""
     if name in ("reverse", "reverse_equal"):
-        return sampler_row(name, label, extras=extras)
+        return sampler_row(name, label, extras=extras, **fields)
     return sampler_row(name, label, extras=extras, steps_per_level=steps_per_level,
                        step=(step, step_power), mass=(1.0, mass_power), leapfrog=leapfrog,
                        damping=damping, reverse_first=not smc,
-                       resample_ess=0.5 if smc else 0.0)
+                       resample_ess=0.5 if smc else 0.0, **fields)

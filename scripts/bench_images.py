@@ -23,7 +23,7 @@ other processes falls on both alike. Both are one jitted program each, so the
 comparison holds no Python dispatch: only one large network call against ``K + 1``
 smaller ones inside XLA.
 
-    python scripts/bench_images.py --config=configs/clevr.py:cpu [--batch=32] \
+    python scripts/bench_images.py --config=configs/models/clevr.py:cpu [--batch=32] \
         [--repeats=5] [--ks=1,2,3,4,5] [--out=bench.json]
 
 ``--config.model.channels=16`` etc. override the config as usual.
@@ -50,7 +50,7 @@ from compdiff.runtime import configure_cpu
 from compdiff.training import tasks
 from compdiff.training.state import init_state
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/clevr.py:cpu",
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/models/clevr.py:cpu",
                                           "Image diffusion config file[:variant].")
 _BATCH = flags.DEFINE_integer("batch", 32, "images per composed evaluation", lower_bound=1)
 _REPEATS = flags.DEFINE_integer("repeats", 5, "timed calls per measurement (median reported)",
@@ -58,7 +58,7 @@ _REPEATS = flags.DEFINE_integer("repeats", 5, "timed calls per measurement (medi
 _KS = flags.DEFINE_list("ks", ["1", "2", "3", "4", "5"], "numbers of composed conditions K")
 _OUT = flags.DEFINE_string("out", None, "also write the results to this JSON file")
 
-IMAGE_SHAPE = (16, 16, 3)  # the image_shape of configs/clevr.py's 16 px builder configs
+IMAGE_SHAPE = (16, 16, 3)  # the image_shape of configs/models/clevr.py's 16 px builder configs
 PERTURB = 0.05  # scale of the normal noise added to every parameter
 
 

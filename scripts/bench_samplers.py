@@ -13,7 +13,7 @@ of one jitted ``log_prob_and_score`` (no loops, so the count is exact).
 
 Architecture: ``--widen=1 --norm=none`` (the default, our network) or
 ``--widen=2 --norm=layernorm`` (the authors': each block's inner layer 256
-wide, LayerNorm), as ``model.widen`` / ``model.norm`` in ``configs/toy2d.py``;
+wide, LayerNorm), as ``model.widen`` / ``model.norm`` in ``configs/models/toy2d.py``;
 both the energy and the eps model use it.
 
 Small batches and CPU contention (docs/cpu_contention.md): ``--small=16,256``
@@ -47,7 +47,7 @@ from compdiff.models import loading
 from compdiff.models.mlp import NORMS
 from compdiff.runtime import configure_cpu
 from compdiff.training import tasks
-from configs import toy2d
+from configs.models import toy2d
 
 _BATCH = flags.DEFINE_integer("batch", 1000, "chains per run", lower_bound=1)
 _LEVELS = flags.DEFINE_integer("levels", 100, "noise levels T", lower_bound=1)

@@ -11,7 +11,7 @@ that the training split held out (``held_out_accuracy``).
 A binary classifier (one output) or one that reads a query (``model.query`` ``position`` or
 ``vector``) is scored on the queries its example function draws for each record (seeded
 as the images' order), a prediction being ``sigmoid(logit) > 0.5`` for one output. A
-concept classifier of captioned scenes (``configs/text2image_classifier.py``, examples
+concept classifier of captioned scenes (``configs/models/text2image_classifier.py``, examples
 ``concept_presence`` or ``concept_labels``) is scored by :func:`compdiff.concepts.evaluate`:
 hard balanced queries, every concept of every image, and the held-out pairs on their own.
 """

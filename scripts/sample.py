@@ -1,6 +1,6 @@
 """Samples a composition of trained (or oracle) models with a named annealed sampler.
 
-A prompt to a text-conditioned model (``configs/text2image.py``), written as a sample grid
+A prompt to a text-conditioned model (``configs/models/text2image.py``), written as a sample grid
 ``OUT/grid.png`` with ``OUT/samples.npz`` (uint8 NHWC) and ``OUT/samples.json``::
 
     python scripts/sample.py --model=runs/t2i --prompt="a red cube AND NOT a blue sphere" \
@@ -37,6 +37,7 @@ named by ``--register=my_module`` (importable from the working directory or
 ``PYTHONPATH``), then ``--sampler=<its name>``.
 """
 
+import ast
 import importlib
 import json
 import os
@@ -69,7 +70,7 @@ _PROMPT = flags.DEFINE_string("prompt", None, "A prompt to the one text-conditio
                               "(then --out is a directory).")
 _SCALE = flags.DEFINE_float("scale", 3.0, "With --prompt: the classifier-free weight.")
 _JUDGE = flags.DEFINE_string("judge", None, "With --prompt: a concept classifier's work "
-                             "directory (configs/text2image_classifier.py) that scores the "
+                             "directory (configs/models/text2image_classifier.py) that scores the "
                              "samples against the prompt.")
 _REGISTER = flags.DEFINE_multi_string("register", [], "Modules to import first: they "
                                       "register samplers (compdiff.samplers.register).")
@@ -85,6 +86,10 @@ _DAMPING = flags.DEFINE_float("damping", None, "HMC momentum damping in [0, 1) "
                                "(default: the sampler's).")
 _RESAMPLE = flags.DEFINE_float("resample_ess", 0.0, "SMC: resample when the ESS falls below "
                                "this fraction (mala/hmc only; 0: off).")
+_OPTIONS = flags.DEFINE_multi_string(
+    "option", [], "Any other Sampler field as NAME=VALUE, e.g. --option=adapt=0.6 "
+    "--option=matched_reference=True --option=fkc=True --option=reverse_first=True "
+    "(docs/smc.md).")
 _LEVEL = flags.DEFINE_enum("level", None, ["0", "1"], "Return samples at level 0 (denoised) or "
                            "1; default 0, or 1 with --exact (level-0 boxes have hard edges).")
 _VERDICT = flags.DEFINE_bool("verdict", True, "Estimate whether a product or negation is "
@@ -164,6 +169,21 @@ def _sample_prompt() -> None:
         print(f"wrote {_OUT.value}/grid.png and {_OUT.value}/samples.npz")
 
 
+def _parse_options(items: list[str]) -> dict:
+    """``["adapt=0.6", "fkc=True"]`` -> ``{"adapt": 0.6, "fkc": True}`` (Python literals)."""
+    options = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ValueError(f"--option={item!r}: expected NAME=VALUE")
+        try:
+            options[name] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            raise ValueError(f"--option={item!r}: {value!r} is not a number, True/False "
+                             "or a quoted string") from None
+    return options
+
+
 def main(argv: list[str]) -> None:
     configure_cpu()
     initialize()
@@ -181,6 +201,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError("with several models, --composition must say how to combine them")
     level = int(_LEVEL.value or (1 if _EXACT.value else 0))
     options = {} if _DAMPING.value is None else {"damping": _DAMPING.value}
+    options.update(_parse_options(_OPTIONS.value))
     sampler = samplers.registry.from_fields(
         _SAMPLER.value, steps_per_level=_STEPS.value, leapfrog=_LEAPFROG.value,
         step=(_STEP.value, _STEP_B.value), mass=(_MASS.value, _MASS_P.value),

@@ -1,13 +1,13 @@
 """Samples image tapestries: a canvas larger than the model, one prompt per overlapping crop.
 
-    python scripts/tapestry.py --config=configs/tapestry.py:demo --model=runs/captions \
+    python scripts/tapestry.py --config=configs/models/tapestry.py:demo --model=runs/captions \
         --out=out/tapestry [--sampler=uhmc]
 
 ``--model`` is the work directory of a text-conditioned image model
-(``configs/text2image.py``; its prompts are encoded by the text tower it was trained
+(``configs/models/text2image.py``; its prompts are encoded by the text tower it was trained
 on, :mod:`compdiff.text`). Samplers use the image settings of
 :data:`compdiff.text2image.IMAGE_SAMPLERS`. The config
-(``configs/tapestry.py``) lays out the canvas and its crops (each of the model's
+(``configs/models/tapestry.py``) lays out the canvas and its crops (each of the model's
 image size), gives every crop a prompt and a guidance scale, and picks the sampler.
 The prompts' phrases are encoded once, each crop's prompt becomes a density over
 crop-sized images (:func:`compdiff.prompts.compose_prompt`), their product over the

@@ -1,6 +1,6 @@
 """Trains a diffusion model; rerunning with the same workdir resumes from its last checkpoint.
 
-    python scripts/train.py --config=configs/toy2d.py:dataset=ring,param=energy_l2 \
+    python scripts/train.py --config=configs/models/toy2d.py:dataset=ring,param=energy_l2 \
         --workdir=runs/ring_energy_l2 [--config.train.steps=200]
 """
 

@@ -21,7 +21,7 @@ from compdiff.data import digits, examples, imagenet, images
 from compdiff.data import scene_classes as sc
 from compdiff.models.loading import load_params
 from compdiff.training import tasks
-from configs import classifier, guidance_models
+from configs.models import classifier, guidance_models
 
 
 @pytest.fixture(scope="module")

@@ -48,7 +48,7 @@ def trained(tmp_path_factory) -> dict[str, str]:
     points = root / "points3d.npz"
     np.savez(points, x=np.random.default_rng(0).normal(size=(64, 3)).astype(np.float32))
     model = root / "eps3d"
-    proc = run_script("train.py", "--config=configs/toy2d.py:param=eps",
+    proc = run_script("train.py", "--config=configs/models/toy2d.py:param=eps",
                       f"--config.data.path={points}", "--config.train.steps=1",
                       "--config.model.hidden=8", "--config.model.num_blocks=1",
                       "--config.schedule.num_levels=10", f"--workdir={model}")
@@ -63,20 +63,22 @@ def trained(tmp_path_factory) -> dict[str, str]:
 
 # (id, script, arguments, expected text in the line); {model} / {corrupt}: the fixture's runs.
 CASES = [
-    ("config_variant", "train.py", ["--config=configs/toy2d.py:dataset=ring,param=epsx",
+    ("config_variant", "train.py", ["--config=configs/models/toy2d.py:dataset=ring,param=epsx",
                                     "--workdir=/tmp/compdiff_cli_unused"],
-     "flag --config=configs/toy2d.py:dataset=ring,param=epsx: unknown param 'epsx'; known:"),
-    ("unknown_dataset", "train.py", ["--config=configs/toy2d.py:dataset=moons",
+     "flag --config=configs/models/toy2d.py:dataset=ring,param=epsx: unknown param 'epsx'; known:"),
+    ("unknown_dataset", "train.py", ["--config=configs/models/toy2d.py:dataset=moons",
                                      "--workdir=/tmp/compdiff_cli_unused"],
      "unknown dataset 'moons'"),
     ("missing_config_file", "train.py", ["--config=configs/nope.py",
                                          "--workdir=/tmp/compdiff_cli_unused"],
      "cannot load the config file: [Errno 2] No such file or directory"),
-    ("unknown_config_field", "train.py", ["--config=configs/toy2d.py", "--config.train.stepz=3",
+    ("unknown_config_field", "train.py", ["--config=configs/models/toy2d.py",
+                                          "--config.train.stepz=3",
                                           "--workdir=/tmp/compdiff_cli_unused"],
      "unknown config field 'stepz'. Did you mean \"steps\""),
-    ("missing_flag", "train.py", ["--config=configs/toy2d.py"], "--workdir must have a value"),
-    ("missing_data_file", "train.py", ["--config=configs/toy2d.py",
+    ("missing_flag", "train.py", ["--config=configs/models/toy2d.py"],
+     "--workdir must have a value"),
+    ("missing_data_file", "train.py", ["--config=configs/models/toy2d.py",
                                        "--config.data.path=/nonexistent/points.npz",
                                        "--workdir=/tmp/compdiff_cli_unused"],
      "/nonexistent/points.npz"),
@@ -135,7 +137,7 @@ def test_busy_workdir_train(tmp_path):
     from compdiff import workdir
 
     with workdir.lock(str(tmp_path)):
-        proc = run_script("train.py", "--config=configs/toy2d.py", f"--workdir={tmp_path}")
+        proc = run_script("train.py", "--config=configs/models/toy2d.py", f"--workdir={tmp_path}")
     assert_one_line(proc, "train.py", "is in use by")
 
 
@@ -151,7 +153,7 @@ def test_verbose_shows_the_traceback():
     assert "Traceback (most recent call last)" in proc.stderr
     assert stderr_lines(proc)[-1].startswith("sample.py: error: expected a model name")
     # At flag-parse time too, through the environment.
-    proc = run_script("train.py", "--config=configs/toy2d.py:param=epsx",
+    proc = run_script("train.py", "--config=configs/models/toy2d.py:param=epsx",
                       "--workdir=/tmp/compdiff_cli_unused", env={"COMPDIFF_TRACEBACK": "1"})
     assert proc.returncode == 2
     assert "Traceback (most recent call last)" in proc.stderr

@@ -18,7 +18,7 @@ from compdiff.data import examples, images
 from compdiff.models.classifier import ImageClassifier
 from compdiff.training import tasks
 from compdiff.training.state import init_state
-from configs import classifier, clevr_classifier, text2image_classifier
+from configs.models import classifier, clevr_classifier, text2image_classifier
 
 
 @pytest.fixture(scope="module")

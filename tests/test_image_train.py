@@ -20,7 +20,7 @@ from compdiff.models.diffusion import LinenApply
 from compdiff.models.loading import load_model, load_params
 from compdiff.training import state as state_lib
 from compdiff.training import tasks
-from configs import clevr, clevr_classifier
+from configs.models import clevr, clevr_classifier
 
 _ROOT = pathlib.Path(__file__).parent.parent
 
@@ -151,7 +151,7 @@ import json, sys, jax, numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from compdiff import train
 from compdiff.data import clevr_positions, examples, images
-from configs import clevr
+from configs.models import clevr
 config = clevr.get_config("tiny")
 config.data.data_dir, config.train.steps = sys.argv[1], 3
 state = train.train(config, sys.argv[2])

@@ -33,7 +33,7 @@ sys.exit(int(os.environ.get("FAKE_PYTHON_STATUS", "0")))
 """
 
 V4_32 = ["--name=cd", "--zone=us-central2-b", "--accelerator-type=v4-32", "--spot"]
-TRAIN = ["--", "python", "scripts/train.py", "--config=configs/clevr.py:paper",
+TRAIN = ["--", "python", "scripts/train.py", "--config=configs/models/clevr.py:paper",
          "--workdir=gs://bucket/clevr"]
 
 
@@ -103,7 +103,7 @@ def test_no_project_flag_unless_given(fake):
 
 
 def test_remote_quoting_round_trip(fake, tmp_path):
-    user_args = ["--config=configs/clevr.py:paper", "--config.train.note=a b=c",
+    user_args = ["--config=configs/models/clevr.py:paper", "--config.train.note=a b=c",
                  "--workdir=gs://b/x y", "--note=it's $HOME `id` \"q\" \\ ;&|*"]
     proc, calls = fake(*V4_32, "--", "python", "scripts/train.py", *user_args)
     assert proc.returncode == 0, proc.stderr

@@ -11,7 +11,7 @@ from compdiff.models import DiffusionModel, ResidualMLP
 from compdiff.models.diffusion import LinenApply, predict
 from compdiff.models.mlp import sinusoidal_embedding
 from compdiff.training import tasks
-from configs import toy2d as toy2d_config
+from configs.models import toy2d as toy2d_config
 
 ENERGY_FORMS = {
     "energy_l2": lambda x, s: 0.5 * jnp.sum(s**2, -1),

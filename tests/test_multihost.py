@@ -41,7 +41,7 @@ from compdiff.models.loading import load_params
 
 _ROOT = pathlib.Path(__file__).resolve().parent.parent
 ATOL = 1e-6  # see the module docstring: all-reduce order, not data
-_CONFIG = ["--config=configs/toy2d.py:dataset=ring,param=eps", "--config.model.hidden=32",
+_CONFIG = ["--config=configs/models/toy2d.py:dataset=ring,param=eps", "--config.model.hidden=32",
            "--config.model.num_blocks=2", "--config.schedule.num_levels=20",
            "--config.train.batch_size=64", "--config.train.log_every=2",
            "--config.train.checkpoint_every=2"]

@@ -25,7 +25,7 @@ from compdiff.tapestry import Crop, Tapestry, grid_crops, tapestry
 from compdiff.testing import counting_conditional_model
 from compdiff.training import tasks
 from compdiff.training.state import init_state
-from configs import tapestry as tapestry_configs
+from configs.models import tapestry as tapestry_configs
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SCHEDULE = schedules.get("linear", 10)
@@ -342,7 +342,7 @@ def test_script_samples_a_tapestry_end_to_end(tmp_path):
 
 def test_cli_reports_a_missing_model_in_one_line(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "scripts/tapestry.py", "--config=configs/tapestry.py:tiny",
+        [sys.executable, "scripts/tapestry.py", "--config=configs/models/tapestry.py:tiny",
          f"--model={tmp_path / 'missing'}", f"--out={tmp_path / 'out'}"],
         cwd=ROOT, capture_output=True, text=True, timeout=300)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]

@@ -10,8 +10,8 @@ from compdiff import text2image, train
 from compdiff.data import examples
 from compdiff.models.loading import load_model
 from compdiff.training import tasks
-from configs import text2image as text2image_config
-from configs import text2image_classifier
+from configs.models import text2image as text2image_config
+from configs.models import text2image_classifier
 from tests.test_cli import assert_one_line, run_script
 
 pytest.importorskip("tokenizers")

@@ -21,7 +21,7 @@ from compdiff.testing import small_train_config
 from compdiff.training import tasks, writers
 from compdiff.training.state import init_state
 
-_CONFIG_FILE = pathlib.Path(__file__).parent.parent / "configs" / "toy2d.py"
+_CONFIG_FILE = pathlib.Path(__file__).parent.parent / "configs" / "models" / "toy2d.py"
 
 
 def load_config_module():

@@ -20,7 +20,7 @@ import pytest
 from compdiff import train as train_lib
 from compdiff.data import points
 from compdiff.models.loading import load_model
-from configs import toy2d as toy2d_config
+from configs.models import toy2d as toy2d_config
 
 ROOT = pathlib.Path(__file__).parent.parent
 

@@ -48,7 +48,7 @@ runs; about 20 min, extrapolated from 4.7 ms per example on 500 examples plus th
 overhead measured at 32 px). At 32 px a small object is 2 to 4 pixels across, so its shape
 is barely visible; 64 px shows it. ``32px_large`` and ``32px_large_all`` draw only large
 objects (5 to 7 pixels across at 32 px, shapes legible), the CPU-scale data of
-``configs/text2image.py``: a model that fits a 2-core budget is 32 px at most. A progress
+``configs/models/text2image.py``: a model that fits a 2-core budget is 32 px at most. A progress
 bar shows::
 
     python -m compdiff.data.captioned_scenes --config=32px --data_dir=/path/to/tfds

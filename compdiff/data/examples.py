@@ -243,7 +243,8 @@ EXAMPLES: dict[str, Callable[..., dict[str, np.ndarray]]] = {
     # captioned_scenes (compdiff.data.captioned_scenes): one object's caption id
     "image_caption": image_caption,
     "image_text": image_text,
-    # captioned_scenes: is a (shape, colour) concept in the image? (configs/text2image_classifier)
+    # captioned_scenes: is a (shape, colour) concept in the image?
+    # (configs/models/text2image_classifier.py)
     "concept_presence": concept_presence,
     "concept_labels": concept_labels,  # every concept at once (a multi-label classifier)
 }

@@ -70,7 +70,7 @@ def model_workdir(root: str, dataset: str, param: str, num_levels: int, base_lev
 
 def train_config(config: ml_collections.ConfigDict, dataset: str, param: str,
                  num_levels: int) -> ml_collections.ConfigDict:
-    """``config.train`` (a ``configs/toy2d.py`` config) for one component model."""
+    """``config.train`` (a ``configs/models/toy2d.py`` config) for one component model."""
     c = copy.deepcopy(config.train)
     c.data.dataset = dataset
     c.model.parameterization = param

@@ -1,10 +1,10 @@
 """RRR section 5.4 at CPU scale: prompt compositions of a text-conditioned energy UNet.
 
-One text-conditioned energy model (``configs/text2image.py``) is prompted with compositions
+One text-conditioned energy model (``configs/models/text2image.py``) is prompted with compositions
 of captions of :mod:`compdiff.data.captioned_scenes` (:mod:`compdiff.prompts`), every
 composition type sampled by every sampler (rows of ``configs/common.py``, labels from the
 sampler registry), and every image judged by a separately trained
-concept classifier (``configs/text2image_classifier.py``, scored first on held-out renders,
+concept classifier (``configs/models/text2image_classifier.py``, scored first on held-out renders,
 :func:`compdiff.concepts.evaluate`). An image is correct when every AND-ed concept is
 present, every NOT-ed one absent and, of an OR group, at least one present
 (:func:`compdiff.concepts.prompt_correct`).

@@ -33,7 +33,7 @@ and ``||d eps_hat / dx|| ~ 300`` there at level 1 (about 5 without the norm).
 
 The defaults (``widen=1``, ``norm="none"``) are the network this module
 always had: the same parameter names, shapes and outputs. RRR's 2D network is
-``hidden=128, num_blocks=4, widen=2, norm="layernorm"`` (``configs/toy2d.py``:
+``hidden=128, num_blocks=4, widen=2, norm="layernorm"`` (``configs/models/toy2d.py``:
 ``--config.model.widen=2 --config.model.norm=layernorm``); their block also
 has a third inner ``Dense_w`` layer, zero-initialized output layers, no swish
 before the output and a 32-wide time embedding, which this module does not

@@ -246,9 +246,10 @@ def from_fields(name: str, fields: dict | None = None, **overrides: object) -> S
 
 def label(sampler: Sampler) -> str:
     """The sampler's name in tables and file names: ``hmc``, ``hmc+smc`` (resampling on),
-    ``ula+fkc+smc`` (Feynman-Kac corrector weights)."""
-    return (sampler.name + ("+fkc" if getattr(sampler, "fkc", False) else "")
-            + ("+smc" if sampler.resample_ess > 0 else ""))
+    ``mala+adapt+smc`` (steps adapted to a target acceptance), ``reverse+fkc+smc``
+    (Feynman-Kac corrector weights)."""
+    return (sampler.name + ("+adapt" if sampler.adapt > 0 else "")
+            + ("+fkc" if sampler.fkc else "") + ("+smc" if sampler.resample_ess > 0 else ""))
 
 
 def needs_log_prob(name: str) -> bool:

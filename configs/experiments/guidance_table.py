@@ -6,7 +6,7 @@ Variants:
 - ``quick``: digits only, half-width models trained briefly, 20 images per cell.
 - ``cpu``: digits and rendered scene classes (16 px), 30 images per cell; scenes keeps the
   energy model only, digits also the eps rows, ``reverse_equal`` and the scale curve.
-- ``paper``: RRR's ImageNet settings (``configs/guidance_models.py:paper``: 128 px,
+- ``paper``: RRR's ImageNet settings (``configs/models/guidance_models.py:paper``: 128 px,
   channels 128, multipliers 1,1,2,3,4, 2 residual blocks, 1000 levels) and its samplers
   (one reverse step, then MALA 6 steps of ``0.5 beta_t`` or HMC 2 steps x 3 leapfrog of
   ``0.6 beta_t^1.5``, mass ``beta_t``), for accelerators.
@@ -23,10 +23,10 @@ import ml_collections
 
 from compdiff.data import scene_classes
 from compdiff.experiments import common
-from configs import classifier as classifier_configs
 from configs import common as shared
-from configs import guidance_models
 from configs.common import image_row
+from configs.models import classifier as classifier_configs
+from configs.models import guidance_models
 
 VARIANTS = ("tiny", "quick", "cpu", "paper")
 
@@ -59,13 +59,18 @@ def _rows(variant: str) -> list[ml_collections.ConfigDict]:
         _row("hmc", ("eps", "energy"), **hmc),
         _row("mala", ("eps", "energy"), smc=True, **mala),
         _row("hmc", ("eps", "energy"), smc=True, **hmc),
+        # Steps adapted toward acceptance 0.6 (docs/smc.md): after the reverse step at the
+        # RRR rows' cost, and as SMC with 3 moves per level from the matched reference.
+        _row("mala", ("energy",), adapt=0.6, **mala),
+        _row("mala", ("energy",), smc=True, adapt=0.6, matched_reference=True,
+             **{**mala, "steps_per_level": 3}),
     ]
     if variant == "tiny":  # the code paths of the rows (reverse_equal: the CLEVR table's)
         return [rows[i] for i in (0, 7)]
     if variant == "quick":
-        return [rows[i] for i in (0, 5)]
-    if variant == "cpu":  # one SMC row: per-class populations cost 10 runs each
-        return rows[:-2] + rows[-1:]
+        return [rows[i] for i in (0, 5, 9)]
+    if variant == "cpu":  # two SMC rows: per-class populations cost 10 runs each
+        return rows[:6] + rows[7:]
     return rows
 
 

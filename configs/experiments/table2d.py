@@ -25,7 +25,7 @@ models train in about 6 minutes), 1000 samples per cell, and HMC
 momentum damping 0.5 (RRR gives no 2D value; its images use 0.9, with which
 the persistent momentum cannot shed the excess energy of the sharpening
 targets in 3 steps per level, see ``docs/table2d.md``). ``full`` trains as
-RRR did (15000 steps of batch 1000, the ``configs/toy2d.py`` defaults; the
+RRR did (15000 steps of batch 1000, the ``configs/models/toy2d.py`` defaults; the
 ring needs about 10000 steps to resolve its 8 modes) and is otherwise
 ``paper``: over an hour on the 2-core CPU (not run here). ``quick`` is a
 smoke test of the whole pipeline: 25 levels, 2 x 64 networks trained 300 steps.
@@ -50,8 +50,8 @@ from __future__ import annotations
 import ml_collections
 
 from compdiff import sweep
-from configs import toy2d
 from configs.common import sampler_row, variant
+from configs.models import toy2d
 
 VARIANTS = ("quick", "paper", "full")
 SWEEP_SCRIPT = "scripts/run.py"
@@ -96,7 +96,7 @@ def get_config(arg: str | None = "quick") -> ml_collections.ConfigDict:
     # docs/table2d.md); "energy_l2" is the other choice.
     config.energy_param = "energy_dae"
 
-    # The training config of every component model: configs/toy2d.py with
+    # The training config of every component model: configs/models/toy2d.py with
     # the table's network and budget (dataset, parameterization and levels
     # are filled in per model).
     train = toy2d.get_config()

@@ -9,7 +9,7 @@ Variants:
   and HMC.
 - ``cpu``: the ``cpu`` generator and judge, two single-concept prompts and one of every
   other type, 8 images each; reverse, ULA, U-HMC and HMC.
-- ``paper``: RRR's text-to-image settings (``configs/text2image.py:paper``, 64 px) for
+- ``paper``: RRR's text-to-image settings (``configs/models/text2image.py:paper``, 64 px) for
   accelerators, more prompts and images.
 
 The prompts ask for captions of :mod:`compdiff.data.captioned_scenes` pairs the generator's
@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import common, text2image, text2image_classifier
+from configs import common
+from configs.models import text2image, text2image_classifier
 
 VARIANTS = ("tiny", "quick", "cpu", "paper")
 

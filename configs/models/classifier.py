@@ -1,6 +1,6 @@
 """Image classifiers for classifier guidance and for evaluating guided samples (issue 12).
 
-``--config=configs/classifier.py:<dataset>[,noisy=True|False][,attribute=shape|colour][,tiny]``
+``--config=configs/models/classifier.py:<dataset>[,noisy=True|False][,attribute=shape|colour][,tiny]``
 
 - ``dataset``: ``digits`` (scikit-learn scans at 16 px, 10 classes), ``scenes`` (single
   rendered objects at 32 px, 12 shape x colour classes, :mod:`compdiff.data.scene_classes`)
@@ -10,7 +10,7 @@
   data is the ``32px_all`` config (all 12 pairs in training) so that it can score samples of
   pairs the generator never saw.
 - ``noisy=True``: a noise-conditional classifier ``p(y | x_t, t)`` on ``x_t`` at a uniform
-  level of the guided model's schedule (:data:`configs.guidance_models.NUM_LEVELS`), the
+  level of the guided model's schedule (:data:`configs.models.guidance_models.NUM_LEVELS`), the
   *guidance* classifier. For ``scenes`` it trains on ``32px`` (3 pairs held out).
 - ``attribute``: ``scenes`` only: classify the shape (3 classes) or the colour (4) instead
   of the pair; trained on ``32px`` (held-out pairs excluded, clean or noisy), to be
@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import common, guidance_models
+from configs import common
+from configs.models import guidance_models
 
 DATASETS = ("digits", "scenes", "imagenet")
 ATTRIBUTES = {"shape": 3, "colour": 4}

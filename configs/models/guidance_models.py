@@ -1,6 +1,6 @@
 """UNet diffusion models for classifier(-free) guidance (RRR 5.3, issue 12).
 
-``--config=configs/guidance_models.py:<dataset>[,param=<eps|energy_dae|...>][,conditional=True]``
+``--config=configs/models/guidance_models.py:<dataset>[,param=<eps|energy_dae|...>][,conditional=True]``
 
 - ``digits``: scikit-learn digit scans at 16 px, 1 channel (:mod:`compdiff.data.digits`).
 - ``scenes``: single rendered objects at 32 px, trained on the ``32px`` split that holds
@@ -14,7 +14,7 @@
 
 ``param`` is the parameterization (default ``energy_dae``; ``eps`` for the score-only
 baseline). By default the model is unconditional, ``p(x)``, to be guided by a
-noise-conditional classifier (``configs/classifier.py:<dataset>,noisy=True``, which uses
+noise-conditional classifier (``configs/models/classifier.py:<dataset>,noisy=True``, which uses
 the same :data:`NUM_LEVELS`). ``conditional=True``: a class-conditional model
 ``p(x | y)`` on a one-hot class (``image_class`` examples), with the class dropped to the
 learned null condition 10% of the time, for the classifier-free comparison at the same

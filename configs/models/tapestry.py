@@ -1,4 +1,4 @@
-"""Image tapestries: ``scripts/tapestry.py --config=configs/tapestry.py:<variant> --model=DIR``.
+"""Image tapestries: ``scripts/tapestry.py --config=configs/models/tapestry.py:<v> --model=DIR``.
 
 Sizes are in units of the model's image size (its resolution), so one config fits a model
 of any size: ``canvas = (1, 2)`` is a canvas as tall as the model's images and twice as

@@ -1,6 +1,6 @@
 """The evaluation classifier of the text-to-image setup: which concepts are in the image?
 
-``--config=configs/text2image_classifier.py:<tiny|cpu|paper>``: a multi-label classifier
+``--config=configs/models/text2image_classifier.py:<tiny|cpu|paper>``: a multi-label classifier
 with one output per concept of :mod:`.captioned_scenes`, a ``(shape, colour)`` pair (12
 outputs, :func:`compdiff.data.examples.concept_index`), trained with one logistic loss per
 output on the image's multi-hot presence labels (example ``concept_labels``). A generated

@@ -1,6 +1,6 @@
 """The evaluation classifier of the CLEVR table (RRR 5.2): is an object centred at (u, v)?
 
-``--config=configs/clevr_classifier.py:<tiny|cpu|paper>``: a binary classifier of
+``--config=configs/models/clevr_classifier.py:<tiny|cpu|paper>``: a binary classifier of
 (image, query position), trained on rendered scenes with 1 to 5 objects: half the
 queries are object centres, half are positions at least 0.1 from every centre
 (:func:`compdiff.data.examples.position_presence`). A generated image counts as
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import clevr
+from configs.models import clevr
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -2,7 +2,7 @@
 
 Variants are comma-separated ``key=value`` pairs after the file name, as in big_vision::
 
-    --config=configs/toy2d.py:dataset=ring,param=energy_l2
+    --config=configs/models/toy2d.py:dataset=ring,param=energy_l2
 
 - ``dataset``: one of :func:`compdiff.data.toy2d.names` (default ``ring``).
 - ``param``: the parameterization, ``eps``, ``energy_l2``, ``energy_dae`` or

@@ -1,6 +1,6 @@
 """Position-conditional UNet diffusion models on rendered CLEVR scenes (RRR 5.2).
 
-``--config=configs/clevr.py:<size>[,param=<parameterization>]`` with ``size``:
+``--config=configs/models/clevr.py:<size>[,param=<parameterization>]`` with ``size``:
 
 - ``tiny``: 16 px scenes (the ``tiny`` builder config), a small UNet, a few steps;
   for tests (seconds).

@@ -1,6 +1,6 @@
 """Text-conditioned energy UNets on captioned scenes (RRR 5.4, issue 13).
 
-``--config=configs/text2image.py:<tiny|quick|cpu|paper>[,param=<energy_dae|eps|...>]``
+``--config=configs/models/text2image.py:<tiny|quick|cpu|paper>[,param=<energy_dae|eps|...>]``
 
 The condition is the caption's pooled text embedding (all-MiniLM-L6-v2, 384-d unit vectors,
 :mod:`compdiff.text`): the UNet reads it like any condition vector (one embedding MLP added
