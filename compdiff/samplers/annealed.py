@@ -1,4 +1,4 @@
-"""The annealed driver: one ``lax.scan`` over levels ``t = T..1`` (DESIGN section 4).
+"""The annealed driver: one ``lax.scan`` over levels ``t = T..1`` (docs/design.md section 4).
 
 Chains start at ``x_T ~ N(0, I)``. Entering level ``t`` the driver
 optionally takes one reverse-diffusion step from ``t + 1`` (the ``reverse``

@@ -1,4 +1,4 @@
-"""Transition kernels at one level of the annealed sampler (DESIGN section 4).
+"""Transition kernels at one level of the annealed sampler (docs/design.md section 4).
 
 A kernel moves a batch of chains one step towards the level-``t`` target
 ``pi_t``. Every kernel reads and returns a :class:`ChainState` that caches
