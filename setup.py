@@ -4,7 +4,7 @@ setup(
     name="compdiff",
     version="0.1.0",
     description="Compositional generation with energy-based diffusion models and annealed MCMC.",
-    packages=find_packages(include=["compdiff", "compdiff.*", "configs"]),
+    packages=find_packages(include=["compdiff", "compdiff.*", "configs", "configs.*"]),
     python_requires=">=3.11",
     # Runtime: what compdiff/, scripts/ and configs/ import (tests/test_imports.py checks the
     # package's own imports; `grep -rE "^\s*(import|from) <module>" compdiff scripts configs`

@@ -1,6 +1,6 @@
 """Prompted sampling of a text-conditioned diffusion model (RRR 5.4, issue 13).
 
-A model trained by ``configs/text2image.py`` reads a caption's pooled text embedding as its
+A model trained by ``configs/models/text2image.py`` reads a caption's pooled text embedding as its
 condition, and its saved config names the text tower (``model.text_encoder``). A prompt of
 the prompt algebra (:mod:`compdiff.prompts`: ``AND``, ``OR``, ``NOT``, weights, parentheses)
 becomes a :class:`~compdiff.compose.Density` over that one network's conditions, every
@@ -85,7 +85,7 @@ def load(workdir: str) -> tuple[DiffusionModel, text.TextEncoder]:
         name = json.load(f)["model"].get("text_encoder")
     if not name:
         raise ValueError(f"{workdir} is not a text-conditioned run (its config names no "
-                         "model.text_encoder); train one with configs/text2image.py")
+                         "model.text_encoder); train one with configs/models/text2image.py")
     return model, text.get(name)
 
 
@@ -109,7 +109,7 @@ def sample_prompt(workdir: str, prompt: str, sampler: str = "hmc", num: int = 16
     """Samples ``prompt`` from the model in ``workdir``; with ``out`` writes ``grid.png``,
     ``samples.npz`` (``x``: uint8 NHWC) and ``samples.json`` there. Returns the summary;
     with ``judge`` (the work directory of a concept classifier,
-    ``configs/text2image_classifier.py``) it holds the samples' ``accuracy`` and
+    ``configs/models/text2image_classifier.py``) it holds the samples' ``accuracy`` and
     ``concept_accuracy`` (:func:`compdiff.concepts.score_prompt`)."""
     model, encoder = load(workdir)
     tree = prompts.parse_prompt(prompt)
