@@ -27,9 +27,10 @@ from typing import Any
 import jax
 import numpy as np
 
-from compdiff import concepts, distributed, image_grids, prompts, samplers, text
+from compdiff import distributed, image_grids, prompts, samplers, text
 from compdiff.compose import Density
 from compdiff.data import images as image_data
+from compdiff.evaluation import concepts
 from compdiff.models.diffusion import DiffusionModel
 from compdiff.models.loading import load_model
 
@@ -110,7 +111,7 @@ def sample_prompt(workdir: str, prompt: str, sampler: str = "hmc", num: int = 16
     ``samples.npz`` (``x``: uint8 NHWC) and ``samples.json`` there. Returns the summary;
     with ``judge`` (the work directory of a concept classifier,
     ``configs/models/text2image_classifier.py``) it holds the samples' ``accuracy`` and
-    ``concept_accuracy`` (:func:`compdiff.concepts.score_prompt`)."""
+    ``concept_accuracy`` (:func:`compdiff.evaluation.concepts.score_prompt`)."""
     model, encoder = load(workdir)
     tree = prompts.parse_prompt(prompt)
     presence = concepts.load_presence(judge) if judge else None

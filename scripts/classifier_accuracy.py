@@ -12,7 +12,8 @@ A binary classifier (one output) or one that reads a query (``model.query`` ``po
 ``vector``) is scored on the queries its example function draws for each record (seeded
 as the images' order), a prediction being ``sigmoid(logit) > 0.5`` for one output. A
 concept classifier of captioned scenes (``configs/models/text2image_classifier.py``, examples
-``concept_presence`` or ``concept_labels``) is scored by :func:`compdiff.concepts.evaluate`:
+``concept_presence`` or ``concept_labels``) is scored by
+:func:`compdiff.evaluation.concepts.evaluate`:
 hard balanced queries, every concept of every image, and the held-out pairs on their own.
 """
 
@@ -25,8 +26,9 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
-from compdiff import cli, concepts, distributed
+from compdiff import cli, distributed
 from compdiff.data import examples, images
+from compdiff.evaluation import concepts
 from compdiff.models.loading import load_params
 from compdiff.runtime import configure_cpu
 from compdiff.training import tasks, writers

@@ -2,7 +2,7 @@
 
     python scripts/emptiness.py [--seeds=5] [--out=docs/emptiness.json]
 
-Runs :func:`compdiff.diagnostics.mass_verdict` (annealed HMC with SMC
+Runs :func:`compdiff.evaluation.diagnostics.mass_verdict` (annealed HMC with SMC
 resampling, as ``scripts/sample.py`` does with ``--sampler=hmc
 --resample_ess=0.5``) on 2D oracle compositions that hold mass and on ones
 that are empty by construction, over several seeds, and prints each
@@ -15,8 +15,9 @@ import time
 import jax
 from absl import flags
 
-from compdiff import cli, diagnostics, distributed, samplers, schedules
+from compdiff import cli, distributed, samplers, schedules
 from compdiff.data import toy2d
+from compdiff.evaluation import diagnostics
 
 _SEEDS = flags.DEFINE_integer("seeds", 5, "Seeds per composition.", lower_bound=1)
 _NUM = flags.DEFINE_integer("num", 1000, "Chains per annealed run.", lower_bound=1)

@@ -30,7 +30,7 @@ Before trusting the samples it prints what it checked: acceptance (mean and
 at the lowest-noise levels), chains that diverged, whether the composition
 is improper (it then refuses unless ``--allow_improper``) and, for products
 and negations with ``mala``/``hmc``, whether it is empty
-(:mod:`compdiff.diagnostics`). Settings can come from a file with ``--flagfile``.
+(:mod:`compdiff.evaluation.diagnostics`). Settings can come from a file with ``--flagfile``.
 
 A sampler of your own: a module that calls :func:`compdiff.samplers.register` at import,
 named by ``--register=my_module`` (importable from the working directory or
@@ -46,19 +46,10 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from compdiff import (
-    cli,
-    diagnostics,
-    exact,
-    expr,
-    metrics,
-    plots,
-    samplers,
-    schedules,
-    text2image,
-)
+from compdiff import cli, exact, expr, plots, samplers, schedules, text2image
 from compdiff.data import toy2d
 from compdiff.distributed import gather, initialize, is_main
+from compdiff.evaluation import diagnostics, metrics
 from compdiff.models import loading
 from compdiff.runtime import configure_cpu
 from compdiff.training import writers

@@ -12,9 +12,10 @@ import jax
 import numpy as np
 import pytest
 
-from compdiff import concepts, prompts, train
+from compdiff import prompts, train
 from compdiff.data import captioned_scenes as cs
 from compdiff.data import examples, images
+from compdiff.evaluation import concepts
 from compdiff.models.classifier import ImageClassifier
 from compdiff.training import tasks
 from compdiff.training.state import init_state
@@ -205,7 +206,7 @@ def test_tiny_config_trains_and_is_scored(data_dir, tmp_path, form):
         assert 0.0 <= out[key] <= 1.0, key
     # the held-out pairs of captioned_scenes appear in the test images
     assert out["held_out_present_num"] > 0
-    # the same decisions through compdiff.concepts, every concept of every test image
+    # the same decisions through compdiff.evaluation.concepts, every concept of every test image
     presence = concepts.load_presence(workdir)
     test = cs.data_source("tiny_all", "test", data_dir)
     x = np.stack([images.to_unit_range(test[i]["image"]) for i in range(len(test))])

@@ -9,9 +9,10 @@ import jax
 import numpy as np
 import pytest
 
-from compdiff import diagnostics, oracles, samplers, schedules
+from compdiff import oracles, samplers, schedules
 from compdiff.compose import Density
 from compdiff.data import toy2d
+from compdiff.evaluation import diagnostics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCHEDULE = schedules.get("linear", 50)

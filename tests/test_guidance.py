@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from compdiff import compose, exact, guidance, metrics, oracles, samplers
+from compdiff import compose, exact, guidance, oracles, samplers
+from compdiff.evaluation import metrics
 from compdiff.models.diffusion import LinenApply
 
 DIM, LEVELS, B = 6, 10, 5

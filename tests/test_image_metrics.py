@@ -4,7 +4,8 @@ import jax
 import numpy as np
 import pytest
 
-from compdiff import guidance, image_metrics
+from compdiff import guidance
+from compdiff.evaluation import image_metrics
 from compdiff.models.classifier import ImageClassifier
 
 

@@ -4,8 +4,9 @@ import jax
 import numpy as np
 import pytest
 
-from compdiff import exact, metrics, oracles, schedules
+from compdiff import exact, oracles, schedules
 from compdiff.data import toy2d
+from compdiff.evaluation import metrics
 
 SCHEDULE = schedules.get("linear", 100)
 

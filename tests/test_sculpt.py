@@ -5,9 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from compdiff import exact, metrics, oracles, samplers, schedules, sculpt, train
+from compdiff import exact, oracles, samplers, schedules, sculpt, train
 from compdiff.compose import Density
 from compdiff.data import toy2d
+from compdiff.evaluation import metrics
 from configs.experiments import sculpt2d as sculpt2d_config
 
 

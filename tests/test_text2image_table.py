@@ -6,8 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from compdiff import concepts, prompts
+from compdiff import prompts
 from compdiff.data import captioned_scenes as cs
+from compdiff.evaluation import concepts
 from compdiff.experiments import common, text2image_table
 from configs.experiments import text2image_table as table_config
 

@@ -43,9 +43,10 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from compdiff import diagnostics, samplers, schedules, train
+from compdiff import samplers, schedules, train
 from compdiff import workdir as workdir_lib
 from compdiff.compose import Density
+from compdiff.evaluation import diagnostics
 from compdiff.samplers import registry
 from compdiff.schedules import Schedule
 

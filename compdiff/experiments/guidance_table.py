@@ -12,7 +12,7 @@ trained *clean* classifier (the judge): a sample is correct when the judge gives
 the requested class probability > 0.5 (RRR), plus the Frechet distance and
 precision / recall (Kynkaanniemi et al. 2019) in the judge's penultimate
 features against held-out real images (named as such, never FID:
-:mod:`compdiff.image_metrics`). Samples are also written in the ADM evaluation
+:mod:`compdiff.evaluation.image_metrics`). Samples are also written in the ADM evaluation
 suite's npz layout, so a user with real ImageNet computes FID / IS with the
 standard tool.
 
@@ -64,17 +64,11 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from compdiff import (
-    exact,
-    image_grids,
-    image_metrics,
-    metrics,
-    samplers,
-    schedules,
-)
+from compdiff import exact, image_grids, samplers, schedules
 from compdiff.compose import Density
 from compdiff.data import images as image_data
 from compdiff.data import scene_classes
+from compdiff.evaluation import image_metrics, metrics
 from compdiff.experiments import common, paired
 from compdiff.guidance import Classifier
 from compdiff.models import loading

@@ -12,7 +12,8 @@ For every operator of ``configs/experiments/sculpt2d.py`` (a pair of base datase
    ``DIR/classifiers/<bases>``, reused when present) or ``algebraic``;
 3. a sampler draws ``num_samples`` at level 1 (as the 2D table does,
    :func:`compdiff.experiments.common.run_cell`; every realization and sampler of an
-   operator from one key, so their samples are paired), scored by :mod:`compdiff.metrics`:
+   operator from one key, so their samples are paired), scored by
+   :mod:`compdiff.evaluation.metrics`:
 
    - ``ll`` (exact normalized log-density of the samples) and ``ll_exact``
      (of exact samples), ``mmd`` (unbiased MMD^2 to the exact samples) and
@@ -43,8 +44,9 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from compdiff import exact, metrics, plots, schedules, sculpt
+from compdiff import exact, plots, schedules, sculpt
 from compdiff.data import toy2d
+from compdiff.evaluation import metrics
 from compdiff.experiments import common
 from compdiff.schedules import Schedule
 

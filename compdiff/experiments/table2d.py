@@ -7,7 +7,7 @@ For every composition (``configs/experiments/table2d.py``), model kind and sampl
 2. the composition is built from oracles, ``eps`` models or energy models;
 3. a sampler draws ``num_samples`` at level 1 (:func:`compdiff.experiments.common.run_cell`),
    and the samples are scored by
-   :mod:`compdiff.metrics` against the exact target, level 1 of the same
+   :mod:`compdiff.evaluation.metrics` against the exact target, level 1 of the same
    composition of *oracles* normalized on a grid (:func:`compdiff.exact.on_grid`).
 
 Equal cost. A run of an annealed sampler costs ``sampler.nfe(T)`` gradient
@@ -50,9 +50,10 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from compdiff import compose, diagnostics, exact, metrics, plots, samplers, schedules, sculpt
+from compdiff import compose, exact, plots, samplers, schedules, sculpt
 from compdiff.compose import Density
 from compdiff.data import toy2d
+from compdiff.evaluation import diagnostics, metrics
 from compdiff.experiments import common, paired
 from compdiff.models import is_energy, loading
 from compdiff.schedules import Schedule

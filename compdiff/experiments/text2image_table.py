@@ -5,9 +5,9 @@ of captions of :mod:`compdiff.data.captioned_scenes` (:mod:`compdiff.prompts`), 
 composition type sampled by every sampler (rows of ``configs/common.py``, labels from the
 sampler registry), and every image judged by a separately trained
 concept classifier (``configs/models/text2image_classifier.py``, scored first on held-out renders,
-:func:`compdiff.concepts.evaluate`). An image is correct when every AND-ed concept is
+:func:`compdiff.evaluation.concepts.evaluate`). An image is correct when every AND-ed concept is
 present, every NOT-ed one absent and, of an OR group, at least one present
-(:func:`compdiff.concepts.prompt_correct`).
+(:func:`compdiff.evaluation.concepts.prompt_correct`).
 
 Composition types (``config.compositions``): one concept (the model works before it
 composes), 2 and 3 ANDs, AND NOT, OR, and held-out pairs (one caption naming a
@@ -48,8 +48,9 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from compdiff import concepts, image_grids, prompts, samplers, text2image
+from compdiff import image_grids, prompts, samplers, text2image
 from compdiff.data import images as image_data
+from compdiff.evaluation import concepts
 from compdiff.experiments import common, paired
 
 MODELS = ("generator", "judge")

@@ -25,7 +25,7 @@ training loop and one checkpoint format serve both.
 - ``num_levels > 0``: the classifier is noise-conditional, ``p(y | x_t, t)`` (a
   sinusoidal embedding of ``t`` added in every block), for classifier guidance.
 - ``features=True`` returns the penultimate layer instead of the logits: the
-  feature space of :mod:`compdiff.image_metrics` (Frechet distance, precision/recall).
+  feature space of :mod:`compdiff.evaluation.image_metrics` (Frechet distance, precision/recall).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ with one output per concept of :mod:`.captioned_scenes`, a ``(shape, colour)`` p
 outputs, :func:`compdiff.data.examples.concept_index`), trained with one logistic loss per
 output on the image's multi-hot presence labels (example ``concept_labels``). A generated
 image is correct for a prompt when every AND-ed concept is classified present (p > 0.5) and
-every NOT-ed one absent (:func:`compdiff.concepts.prompt_correct`).
+every NOT-ed one absent (:func:`compdiff.evaluation.concepts.prompt_correct`).
 
 It is a clean classifier ``p(concept | x)`` of finished samples, trained on the ``_all``
 builder configs, whose ``train`` split keeps every pair: it must recognise the pairs that
@@ -25,7 +25,8 @@ classifier near 0.91 on the hard queries.
 - ``paper``: ``64px_all`` (both sizes) for an accelerator.
 
 Held-out accuracy: ``python scripts/classifier_accuracy.py --workdir=DIR``
-(:func:`compdiff.concepts.evaluate`: hard balanced queries, every concept of every image, and
+(:func:`compdiff.evaluation.concepts.evaluate`: hard balanced queries, every concept of
+every image, and
 the held-out pairs on their own).
 """
 
