@@ -22,6 +22,7 @@ dimension. The claim checks are the benchmark's success criteria.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
@@ -81,6 +82,7 @@ def _score(exact, x, reference, floor, stats, log_z_exact, num, seed) -> dict:
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     rows = []
     key = jax.random.PRNGKey(config.seed)
+    open(os.path.join(workdir, "rows.jsonl"), "w").close()
     for dim in config.dims:
         for levels in sorted({r.get("levels", config.levels) for r in config.samplers}):
             schedule = schedules.get(config.schedule, levels)
@@ -109,6 +111,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                               **_score(exact, x, reference, floor, stats, log_z_exact,
                                        config.chains, config.seed)}
                     rows.append(result)
+                    with open(os.path.join(workdir, "rows.jsonl"), "a") as f:  # kept if killed
+                        f.write(json.dumps(common.strict(result)) + "\n")
                     print(f"{target_name} d={dim} {result['label']}: nfe {result['nfe']} "
                           f"tv {result['mode_tv']:.3f} (floor {floor:.3f}) var "
                           f"{result['var_structured']:.3f}/{result['var_background']:.3f} "
@@ -168,22 +172,24 @@ def _figures(rows: list[dict], directory: str) -> None:
         fig, axes = plt.subplots(2, len(dims), figsize=(3.6 * len(dims), 6.4), squeeze=False)
         for j, dim in enumerate(dims):
             cell = [r for r in rows if r["target"] == target and r["dim"] == dim]
+            plotted = ([], [])
             for family in dict.fromkeys(r["family"] for r in cell):
                 pts = sorted((r for r in cell if r["family"] == family), key=lambda r: r["nfe"])
                 nfe = [r["nfe"] for r in pts]
-                axes[0, j].plot(nfe, [r["tv_over_floor"] for r in pts], "o-", label=family)
-                axes[1, j].plot(nfe, [abs(r["var_background"] - 1)
-                                      if np.isfinite(r["var_background"]) else np.nan
-                                      for r in pts], "o-", label=family)
+                errors = ([r["tv_over_floor"] for r in pts],
+                          [abs(r["var_background"] - 1) if r["var_background"] is not None
+                           and np.isfinite(r["var_background"]) else np.nan for r in pts])
+                for i, ys in enumerate(errors):
+                    axes[i, j].plot(nfe, ys, "o-", label=family)
+                    plotted[i].extend(ys)
             axes[0, j].set_title(f"{target}, d = {dim}")
-            axes[0, j].axhline(1.5, color="k", ls=":", lw=1)
-            axes[1, j].axhline(0.05, color="k", ls=":", lw=1)
-            for ax in axes[:, j]:
+            for i, (ax, level) in enumerate(zip(axes[:, j], (1.5, 0.05))):
                 ax.set_xscale("log")
                 ax.set_xlabel("NFE per chain")
-                ys = [y for line in ax.get_lines() for y in line.get_ydata()]
-                if any(np.isfinite(y) and y > 0 for y in ys):
+                # A log axis needs a positive value (d = 2 has no background directions).
+                if any(np.isfinite(y) and y > 0 for y in plotted[i]):
                     ax.set_yscale("log", nonpositive="mask")
+                    ax.axhline(level, color="k", ls=":", lw=1)
         axes[0, 0].set_ylabel("mode TV / exact floor")
         axes[1, 0].set_ylabel("|background variance ratio - 1|")
         axes[0, -1].legend(fontsize=7)
