@@ -43,6 +43,14 @@ def test_reverse_proposal_correction_is_the_closed_form_gaussian_ratio():
                 - scipy.stats.multivariate_normal(m, btilde).logpdf(xn)
                 for xi, xn, m in zip(x, x_new, mean)]
     got = weights.reverse_proposal_correction(jnp.asarray(x), jnp.asarray(grad),
+                                              jnp.asarray(x_new), jnp.int32(t), schedule,
+                                              upper_variance=False)
+    np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-4, atol=1e-3)
+    # SMC's proposal: DDPM's variance beta in place of btilde.
+    expected = [scipy.stats.multivariate_normal(np.sqrt(alpha) * xn, beta).logpdf(xi)
+                - scipy.stats.multivariate_normal(m, beta).logpdf(xn)
+                for xi, xn, m in zip(x, x_new, mean)]
+    got = weights.reverse_proposal_correction(jnp.asarray(x), jnp.asarray(grad),
                                               jnp.asarray(x_new), jnp.int32(t), schedule)
     np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-4, atol=1e-3)
 
