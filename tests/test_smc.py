@@ -159,3 +159,18 @@ def test_matched_reference_scales_to_the_product_at_the_top_level():
 def test_bad_options_are_refused_when_built(kwargs, match):
     with pytest.raises(ValueError, match=match):
         samplers.get(**kwargs)
+
+
+def test_child_parts_are_each_factors_own_score_in_order():
+    """FKC reads a product's factor scores from compose.child_parts; a swapped or repeated
+    factor would go unseen by the symmetric 2-factor FKC test above."""
+    from compdiff import compose
+
+    schedule, targets = _targets(4)
+    first, second = targets["product"]
+    x = jax.random.normal(jax.random.PRNGKey(0), (8, 4))
+    t = jnp.int32(10)
+    parts = compose.child_parts(compose.product([first, second], [2.0, -0.5]), x, t,
+                                compose.SCORE)
+    np.testing.assert_allclose(np.asarray(parts[0]), np.asarray(first.score(x, t)), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(parts[1]), np.asarray(second.score(x, t)), rtol=1e-5)
