@@ -74,7 +74,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.num_outputs = ATTRIBUTES[attribute] if attribute else NUM_CLASSES[name]
     config.model.noise_conditional = v["noisy"]
     if tiny:
-        config.model.channels, config.model.channel_mult = 8, (1, 2)
+        config.model.channels, config.model.channel_mult = 8, (1,)
     elif name == "imagenet":
         config.model.channels, config.model.channel_mult = 128, (1, 2, 2, 4)
     else:

@@ -31,7 +31,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.query = "position"
     config.model.num_outputs = 1
     config.model.channels = {"tiny": 8, "cpu": 32, "paper": 64}[size]
-    config.model.channel_mult = (1, 2, 2)
+    config.model.channel_mult = (1,) if size == "tiny" else (1, 2, 2)
     config.model.noise_conditional = False
 
     config.schedule = ml_collections.ConfigDict()
