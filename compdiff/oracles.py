@@ -161,6 +161,16 @@ def gmm_product(a: GaussianMixture, b: GaussianMixture, name: str | None = None)
                             name or f"{a.name}*{b.name}")
 
 
+def log_ndtr_difference(upper: Array, lower: Array) -> Array:
+    """``log(Phi(upper) - Phi(lower))`` for ``upper > lower``, elementwise: reflected to the
+    left tail, where ``log_ndtr`` keeps precision, whichever side of zero the pair lies on."""
+    flip = (upper + lower) > 0
+    hi = jnp.where(flip, -lower, upper)
+    lo = jnp.where(flip, -upper, lower)
+    log_hi, log_lo = log_ndtr(hi), log_ndtr(lo)
+    return log_hi + jnp.log1p(-jnp.exp(jnp.minimum(log_lo - log_hi, -1e-30)))
+
+
 @flax.struct.dataclass
 class Box(Density):
     """Uniform density on the axis-aligned box ``prod_j [low_j, high_j]``, diffused."""
@@ -179,14 +189,7 @@ class Box(Density):
         sigma = jnp.maximum(sigma, 1e-12)
         upper = (s * self.high - x) / sigma
         lower = (s * self.low - x) / sigma
-        # log(Phi(u) - Phi(l)) for u > l: reflect to the left tail, where
-        # log_ndtr keeps precision, whichever side of the box x lies on.
-        flip = (upper + lower) > 0
-        hi = jnp.where(flip, -lower, upper)
-        lo = jnp.where(flip, -upper, lower)
-        log_hi, log_lo = log_ndtr(hi), log_ndtr(lo)
-        log_mass = log_hi + jnp.log1p(-jnp.exp(jnp.minimum(log_lo - log_hi, -1e-30)))
-        return s, sigma, upper, lower, log_mass
+        return s, sigma, upper, lower, log_ndtr_difference(upper, lower)
 
     def log_prob(self, x: Array, t: Array) -> Array:
         s, _, _, _, log_mass = self._log_terms(x, t)

@@ -18,10 +18,10 @@ at ``alpha = 0.05``).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
+from scipy import stats
 
 ALPHA = 0.05
 BOOTSTRAP = 2000
@@ -40,7 +40,8 @@ def mcnemar(a: Sequence[bool], b: Sequence[bool]) -> float:
     n = n10 + n01
     if n == 0:
         return 1.0
-    tail = sum(math.comb(n, i) for i in range(min(n10, n01) + 1)) / 2.0 ** n
+    # The binomial CDF, not sum(comb(n, i)) / 2**n: 2.0**n overflows past n = 1023 pairs.
+    tail = float(stats.binom.cdf(min(n10, n01), n, 0.5))
     return min(1.0, 2.0 * tail)
 
 
