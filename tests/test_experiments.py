@@ -10,8 +10,8 @@ from compdiff import workdir as workdir_lib
 from compdiff.experiments import common
 from configs import common as config_common
 
-EXPERIMENTS = ("clevr_table", "gflownet", "guidance_table", "sculpt2d", "table2d",
-               "text2image_table")
+EXPERIMENTS = ("clevr_table", "constraints", "discrete_mh", "gflownet", "guidance_table",
+               "sculpt2d", "table2d", "text2image_table")
 
 
 def _config(name: str) -> ml_collections.ConfigDict:
