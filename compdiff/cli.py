@@ -25,6 +25,10 @@ user error that is really a bug in disguise.
 say nothing to the user: orbax's INFO chatter, its "Given directory is read
 only" WARNING when ``load_model`` opens checkpoints read-only (as
 intended), and jax's INFO line about not finding a TPU.
+
+:func:`start` is the first line of every entrypoint's ``main``: no stray arguments,
+XLA's CPU settings (:func:`compdiff.runtime.configure_cpu`), the multi-host runtime
+(:func:`compdiff.distributed.initialize`) and quiet checkpoint logs.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ from typing import Any, NoReturn
 
 from absl import app, flags, logging
 
+from compdiff import distributed, runtime
+from compdiff.training import writers
 from compdiff.workdir import WorkdirInUse
 
 TRACEBACK_ENV = "COMPDIFF_TRACEBACK"
@@ -182,6 +188,18 @@ def _parse_flags(argv: list[str]) -> list[str]:
                 f"flag --{flag.name}: cannot load the config file: {_config_error(error)}"
             ) from error
     return remaining
+
+
+def start(argv: list[str], *, uses_jax: bool = True) -> None:
+    """Every entrypoint's preamble: a UsageError for positional arguments; then, unless
+    the script never starts JAX (``uses_jax=False``: a launcher), the CPU settings and
+    the multi-host runtime, in that order; and orbax's checkpoint logs kept quiet."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if uses_jax:
+        runtime.configure_cpu()
+        distributed.initialize()
+    writers.quiet_orbax_logs()
 
 
 def run(main: Callable[[list[str]], Any], argv: list[str] | None = None) -> NoReturn:

@@ -102,3 +102,44 @@ def image_row(name: str, step: float = 0.0, *, smc: bool = False, steps_per_leve
                        step=(step, step_power), mass=(1.0, mass_power), leapfrog=leapfrog,
                        damping=damping, reverse_first=not smc,
                        resample_ess=0.5 if smc else 0.0, **fields)
+
+
+# The image tables' sampler rows by label, in table order: RRR's settings (one reverse step
+# into each level, then the kernel; or SMC resampling instead of the reverse step), then the
+# adapted rows (docs/smc.md): MALA adapted toward acceptance 0.6 after the reverse step at
+# the same cost, and adapted MALA SMC from the matched reference.
+IMAGE_ROWS = ("reverse", "reverse_equal", "ula", "uhmc", "mala", "hmc", "mala+smc", "hmc+smc",
+              "mala+adapt", "mala+adapt+smc")
+
+
+def image_rows(mala: Mapping[str, Any], hmc: Mapping[str, Any], models: Sequence[str], *,
+               labels: Sequence[str] = IMAGE_ROWS,
+               models_of: Mapping[str, Sequence[str]] | None = None,
+               adapted_moves: int = 3) -> list[ml_collections.ConfigDict]:
+    """The rows of :data:`IMAGE_ROWS` named by ``labels`` (in that order), with MALA
+    settings ``mala`` and HMC settings ``hmc`` (:func:`image_row`'s keywords), each row
+    run on ``models`` (``models_of[label]`` where given: the table's ``models`` key).
+    ``adapted_moves``: MALA moves per level of ``mala+adapt+smc``."""
+    unknown = [label for label in labels if label not in IMAGE_ROWS]
+    if unknown:
+        raise ValueError(f"unknown image rows {unknown}; known: {list(IMAGE_ROWS)}")
+    adapted = dict(adapt=0.6, matched_reference=True)
+    build = {
+        "reverse": lambda: image_row("reverse"),
+        "reverse_equal": lambda: image_row("reverse_equal"),
+        "ula": lambda: image_row("ula", **mala),
+        "uhmc": lambda: image_row("uhmc", **hmc),
+        "mala": lambda: image_row("mala", **mala),
+        "hmc": lambda: image_row("hmc", **hmc),
+        "mala+smc": lambda: image_row("mala", smc=True, **mala),
+        "hmc+smc": lambda: image_row("hmc", smc=True, **hmc),
+        "mala+adapt": lambda: image_row("mala", adapt=0.6, **mala),
+        "mala+adapt+smc": lambda: image_row(
+            "mala", smc=True, **adapted, **{**mala, "steps_per_level": adapted_moves}),
+    }
+    rows = []
+    for label in labels:
+        row = build[label]()
+        row.models = list((models_of or {}).get(label, models))
+        rows.append(row)
+    return rows

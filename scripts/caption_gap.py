@@ -15,7 +15,7 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from compdiff import cli
 from compdiff.data import captioned_scenes as cs
@@ -24,7 +24,7 @@ from compdiff.data import images as image_data
 from compdiff.models import conditioning
 from compdiff.models.diffusion import predict
 from compdiff.models.loading import load_params
-from compdiff.training import tasks, writers
+from compdiff.training import tasks
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Work directory of a text-conditioned run.")
 _NUM = flags.DEFINE_integer("num", 512, "Test scenes.")
@@ -78,9 +78,7 @@ def caption_gap(workdir: str, num: int = 512, draws: int = 4, seed: int = 0) -> 
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    writers.quiet_orbax_logs()
+    cli.start(argv)
     print(json.dumps(caption_gap(_WORKDIR.value, _NUM.value, _DRAWS.value)))
 
 

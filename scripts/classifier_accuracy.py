@@ -24,14 +24,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import app, flags
+from absl import flags
 
-from compdiff import cli, distributed
+from compdiff import cli
 from compdiff.data import examples, images
 from compdiff.evaluation import concepts
 from compdiff.models.loading import load_params
-from compdiff.runtime import configure_cpu
-from compdiff.training import tasks, writers
+from compdiff.training import tasks
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of a trained classifier.")
 _SPLIT = flags.DEFINE_string("split", "test", "Split to classify.")
@@ -118,11 +117,7 @@ def query_accuracy(config: ml_collections.ConfigDict, network: Any, params: Any,
 
 
 def main(argv: list[str]) -> None:
-    configure_cpu()
-    distributed.initialize()
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    writers.quiet_orbax_logs()
+    cli.start(argv)
     print(json.dumps(accuracy(_WORKDIR.value, _SPLIT.value, _LEVEL.value)))
 
 

@@ -8,13 +8,11 @@ the Markdown table. Fields are overridable: ``--config.num_samples=500``. See
 ``docs/experiments.md``.
 """
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
-from compdiff import cli, distributed
+from compdiff import cli
 from compdiff.experiments import common
-from compdiff.runtime import configure_cpu
-from compdiff.training import writers
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:variant].",
                                           lock_config=True)
@@ -24,12 +22,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv: list[str]) -> None:
-    configure_cpu()
-    distributed.initialize()
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.start(argv)
     logging.set_verbosity(logging.INFO)
-    writers.quiet_orbax_logs()
     result = common.run(_CONFIG.value, _WORKDIR.value)
     with open(f"{_WORKDIR.value}/{result['experiment']}.md") as f:
         print(f.read())

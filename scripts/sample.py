@@ -48,11 +48,9 @@ from absl import app, flags, logging
 
 from compdiff import cli, exact, expr, plots, samplers, schedules, text2image
 from compdiff.data import toy2d
-from compdiff.distributed import gather, initialize, is_main
+from compdiff.distributed import gather, is_main
 from compdiff.evaluation import diagnostics, metrics
 from compdiff.models import loading
-from compdiff.runtime import configure_cpu
-from compdiff.training import writers
 
 _MODELS = flags.DEFINE_multi_string("model", None, "NAME=WORKDIR or NAME=oracle:DATASET.")
 _COMPOSITION = flags.DEFINE_string("composition", None,
@@ -176,11 +174,7 @@ def _parse_options(items: list[str]) -> dict:
 
 
 def main(argv: list[str]) -> None:
-    configure_cpu()
-    initialize()
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    writers.quiet_orbax_logs()
+    cli.start(argv)
     for module in _REGISTER.value:
         importlib.import_module(module)
     if _PROMPT.value is not None:

@@ -16,7 +16,7 @@ unfinished point instead of running anything. See :mod:`compdiff.sweep`.
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from compdiff import cli
 from compdiff import sweep as sweep_lib
@@ -37,9 +37,7 @@ flags.mark_flags_as_required(["config", "sweep", "workdir"])
 
 
 def main(argv: list[str]) -> None:
-    # No configure_cpu(): this process never starts JAX; each point's entrypoint calls it.
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.start(argv, uses_jax=False)  # each point's entrypoint starts JAX
     spec = sweep_lib.resolve(_CONFIG.value, _SWEEP.value)  # every error before anything runs
     if _PRINT.value:
         remote = "://" in _WORKDIR.value

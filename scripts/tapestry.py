@@ -26,16 +26,14 @@ from collections.abc import Callable, Sequence
 import jax
 import ml_collections
 import numpy as np
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from compdiff import cli, image_grids, prompts, samplers, text, text2image
 from compdiff.data.images import to_uint8
 from compdiff.models.diffusion import DiffusionModel
 from compdiff.models.loading import build_model, load_params
-from compdiff.runtime import configure_cpu
 from compdiff.tapestry import Crop, Tapestry, grid_crops, tapestry
-from compdiff.training import writers
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Tapestry config file[:variant].",
                                           lock_config=True)
@@ -149,10 +147,7 @@ def run(config: ml_collections.ConfigDict, model_dir: str, out_dir: str,
 
 
 def main(argv: list[str]) -> None:
-    configure_cpu()
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    writers.quiet_orbax_logs()
+    cli.start(argv)
     print(json.dumps(run(_CONFIG.value, _MODEL.value, _OUT.value, sampler_name=_SAMPLER.value)))
 
 

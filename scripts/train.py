@@ -4,12 +4,10 @@
         --workdir=runs/ring_energy_l2 [--config.train.steps=200]
 """
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from compdiff import cli, distributed, train
-from compdiff.runtime import configure_cpu
-from compdiff.training import writers
+from compdiff import cli, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file[:variant].",
                                           lock_config=True)
@@ -18,11 +16,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv: list[str]) -> None:
-    configure_cpu()
-    distributed.initialize()
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    writers.quiet_orbax_logs()
+    cli.start(argv)
     train.train(_CONFIG.value, _WORKDIR.value)
 
 

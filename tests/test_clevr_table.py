@@ -76,6 +76,7 @@ def test_table_at_tiny_size(tmp_path):
                 ("energy", "mala", 2), ("energy", "hmc+smc", 2)]:
         row = cells[key]
         assert 0.0 <= row["accuracy"] <= 1.0 and row["nfe"] > 0 and row["seconds"] > 0, key
+        assert 0 <= row["noise"] <= row["num_images"] == len(row["correct"]), key
     # Equal cost: reverse_equal spends what the MCMC rows spend; reverse spends T.
     assert cells[("eps", "reverse_equal", 2)]["nfe"] == cells[("energy", "mala", 2)]["nfe"]
     assert cells[("energy", "reverse", 2)]["nfe"] == config.models.energy.schedule.num_levels

@@ -161,6 +161,7 @@ def test_vector_query_changes_the_logits_and_old_classifiers_keep_their_names():
         net = _network(existing)
         assert _names(_abstract_params(existing, net)) == old
     noisy = classifier.get_config("scenes,tiny,noisy=True")
+    noisy.model.channel_mult = (1, 2)
     names = _names(_abstract_params(noisy, _network(noisy)))
     assert names == old | {f"Dense_{i}/{p}" for i in range(2, 7) for p in ("kernel", "bias")}
 

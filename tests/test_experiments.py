@@ -2,6 +2,7 @@
 
 import importlib
 import json
+import pathlib
 
 import ml_collections
 import pytest
@@ -10,8 +11,9 @@ from compdiff import workdir as workdir_lib
 from compdiff.experiments import common
 from configs import common as config_common
 
-EXPERIMENTS = ("clevr_table", "constraints", "discrete_mh", "gflownet", "guidance_table",
-               "sculpt2d", "table2d", "text2image_table")
+# every config file of configs/experiments/ (each names its experiment)
+EXPERIMENTS = sorted(p.stem for p in pathlib.Path(__file__).parent.parent.joinpath(
+    "configs", "experiments").glob("*.py") if p.stem != "__init__")
 
 
 def _config(name: str) -> ml_collections.ConfigDict:
@@ -19,7 +21,7 @@ def _config(name: str) -> ml_collections.ConfigDict:
 
 
 def test_registry_names_every_experiment_and_every_config_names_one():
-    assert set(EXPERIMENTS) <= set(common.names())
+    assert set(EXPERIMENTS) == set(common.names())
     for name in EXPERIMENTS:
         config_module = importlib.import_module(f"configs.experiments.{name}")
         assert config_module.get_config("quick").experiment == name
@@ -76,3 +78,17 @@ def test_variant_parser():
         parse("", words={"size": ("cpu",)}, required=("size",))
     with pytest.raises(ValueError, match="unknown table variant 'big'"):
         config_common.variant("big", ("quick",), "table", "quick")
+
+
+def test_image_rows_are_named_as_the_registry_names_them():
+    mala = dict(steps_per_level=1, step=0.035)
+    hmc = dict(steps_per_level=1, leapfrog=1, step=0.1, damping=0.5)
+    rows = config_common.image_rows(mala, hmc, ["energy"], models_of={"reverse_equal": ["eps"]})
+    assert [common.row_label(r) for r in rows] == list(config_common.IMAGE_ROWS)
+    assert [list(r.models) for r in rows[:2]] == [["energy"], ["eps"]]
+    adapted = common.make_sampler(rows[-1])
+    assert (adapted.adapt, adapted.matched_reference, adapted.steps_per_level) == (0.6, True, 3)
+    picked = config_common.image_rows(mala, hmc, ["x"], labels=("hmc+smc", "reverse"))
+    assert [common.row_label(r) for r in picked] == ["hmc+smc", "reverse"]
+    with pytest.raises(ValueError, match="unknown image rows"):
+        config_common.image_rows(mala, hmc, ["x"], labels=("mala+typo",))

@@ -64,7 +64,8 @@ def test_tiny_table_end_to_end(tmp_path):
         assert 0.0 <= r["accuracy"] <= r["concept_accuracy"] <= 1.0 and r["nfe"] > 0
         assert r["accuracy"] == np.mean(r["correct"]) and len(r["correct"]) == 2
         assert set(r) >= {"composition", "prompt", "model", "sampler", "accuracy", "nfe",
-                          "seconds"}
+                          "seconds", "noise"}
+        assert 0 <= r["noise"] <= len(r["correct"])
     assert 0.0 <= saved["classifier_accuracy"] <= 1.0 and saved["wall_seconds"] > 0
     with np.load(workdir / "samples" / "OR_0_reverse.npz") as f:
         assert f["x"].dtype == np.uint8 and f["x"].shape == (2, 16, 16, 3)

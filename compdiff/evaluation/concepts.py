@@ -23,6 +23,7 @@ syntax: :func:`requirements` reads them off a parsed prompt (:mod:`compdiff.prom
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -32,6 +33,7 @@ import numpy as np
 from compdiff import prompts
 from compdiff.data import captioned_scenes, examples
 from compdiff.data import images as image_data
+from compdiff.evaluation.batched import batched_apply
 from compdiff.models.loading import load_params
 
 # images [B, D], concept vectors [B, q] -> p(concept present | image) [B]
@@ -138,9 +140,8 @@ def classifier_presence(network: Any, params: Any, batch: int = 256) -> Presence
         if multilabel:
             concepts = np.array([[examples.concept_index(*examples.concept_of(v))]
                                  for v in concepts], np.int32)
-        return np.concatenate([np.asarray(apply(params, images[i:i + batch],
-                                                concepts[i:i + batch]))
-                               for i in range(0, len(images), batch)])
+        return batched_apply(functools.partial(apply, params), images, concepts,
+                             batch_size=batch)
 
     return presence
 

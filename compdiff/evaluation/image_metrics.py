@@ -40,6 +40,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from compdiff.evaluation.batched import batched_apply
+
 Array = jnp.ndarray
 K_NEAREST = 3
 
@@ -128,9 +130,8 @@ def classifier_features(module: Any, params: Any, x, t=None, batch_size: int = 2
     ``t``: the level for a noise-conditional classifier (``None`` for a clean one).
     """
     x = np.asarray(x, np.float32)
-    fn: Callable = jax.jit(lambda p, xb: module.apply({"params": p}, xb, t, features=True))
-    return np.concatenate([np.asarray(fn(params, jnp.asarray(x[i:i + batch_size])))
-                           for i in range(0, len(x), batch_size)])
+    fn: Callable = jax.jit(lambda xb: module.apply({"params": params}, xb, t, features=True))
+    return batched_apply(fn, x, batch_size=batch_size)
 
 
 def feature_metrics(real_features, generated_features, classifier_name: str) -> dict:

@@ -52,6 +52,8 @@ from compdiff import image_grids, samplers
 from compdiff.compose import Density, product
 from compdiff.data import clevr_positions
 from compdiff.data.images import to_uint8, to_unit_range
+from compdiff.evaluation import noise_images
+from compdiff.evaluation.batched import batched_apply
 from compdiff.experiments import common, paired
 from compdiff.models import conditioning, loading
 from compdiff.models.diffusion import DiffusionModel, LinenApply, classifier_free_product
@@ -75,9 +77,8 @@ def _classify_jit(apply, params, x, queries):
 
 def _classify(classifier, params, x, queries):
     apply = LinenApply(classifier)
-    out = [_classify_jit(apply, params, x[i:i + 512], queries[i:i + 512])
-           for i in range(0, len(x), 512)]
-    return jnp.concatenate(out)
+    return batched_apply(functools.partial(_classify_jit, apply, params), x, queries,
+                         batch_size=512)
 
 
 def correct(probs: np.ndarray) -> np.ndarray:
@@ -230,6 +231,7 @@ def _cell(config, workdir, models, model_name, spec, k, positions, key, budget, 
                  hits.mean(), stats.nfe, seconds)
     accept = np.asarray(stats.accept)
     return {**base, "accuracy": float(hits.mean()), "correct": hits.astype(int).tolist(),
+            "noise": noise_images.count(images), "num_images": len(images),
             "nfe": int(stats.nfe), "seconds": seconds, "diverged": int(stats.diverged),
             "accept": None if np.all(np.isnan(accept)) else float(np.nanmean(accept))}
 
@@ -325,10 +327,10 @@ def markdown(result: dict) -> str:
     rows = result["rows"]
     ks = sorted({r["num_positions"] for r in rows})
     keys = list(dict.fromkeys((r["model"], r["sampler"]) for r in rows))
-    lines = ["| model | sampler | " + " | ".join(f"{k} pos." for k in ks) + " | NFE |",
-             "|---|---|" + "---|" * (len(ks) + 1)]
+    lines = ["| model | sampler | " + " | ".join(f"{k} pos." for k in ks) + " | NFE | noise |",
+             "|---|---|" + "---|" * (len(ks) + 2)]
     for model, sampler in keys:
-        cells, nfe = [], "-"
+        cells, nfe, noise, total = [], "-", 0, 0
         for k in ks:
             r = next(r for r in rows if (r["model"], r["sampler"], r["num_positions"])
                      == (model, sampler, k))
@@ -337,9 +339,11 @@ def markdown(result: dict) -> str:
             else:
                 cells.append(f"{r['accuracy']:.2f}")
                 nfe = str(r["nfe"])
+                noise, total = noise + r.get("noise", 0), total + len(r["correct"])
         if all(c == "n/a" for c in cells):
             continue
-        lines.append(f"| {model} | {sampler} | " + " | ".join(cells) + f" | {nfe} |")
+        lines.append(f"| {model} | {sampler} | " + " | ".join(cells) + f" | {nfe} | "
+                     f"{noise}/{total} |")
     lines += [""] + _notes(result)
     lines.append(f"\nEvaluation classifier accuracy on held-out renders: "
                  f"{result['classifier_accuracy']:.3f}.")

@@ -68,7 +68,8 @@ from compdiff import exact, image_grids, samplers, schedules
 from compdiff.compose import Density
 from compdiff.data import images as image_data
 from compdiff.data import scene_classes
-from compdiff.evaluation import image_metrics, metrics
+from compdiff.evaluation import image_metrics, metrics, noise_images
+from compdiff.evaluation.batched import batched_apply
 from compdiff.experiments import common, paired
 from compdiff.guidance import Classifier
 from compdiff.models import loading
@@ -92,10 +93,7 @@ def _judge_batch(module, params, x):
 
 def judge(module, params, x: np.ndarray, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """The clean classifier's class probabilities ``[N, C]`` and penultimate features."""
-    out = [_judge_batch(module, params, jnp.asarray(x[i:i + chunk]))
-           for i in range(0, len(x), chunk)]
-    return (np.concatenate([np.asarray(p) for p, _ in out]),
-            np.concatenate([np.asarray(f) for _, f in out]))
+    return batched_apply(functools.partial(_judge_batch, module, params), x, batch_size=chunk)
 
 
 def correct(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -206,6 +204,7 @@ class _Dataset:
         pr = image_metrics.precision_recall(self.real_features, feats)
         hits = correct(probs, self.labels if labels is None else labels)
         return {"accuracy": float(hits.mean()), "correct": hits.astype(int).tolist(),
+                "noise": noise_images.count(image_data.to_uint8(x, self.image_shape)),
                 "frechet": image_metrics.frechet_distance(self.real_features, feats),
                 "precision": pr[0], "recall": pr[1]}
 
@@ -498,9 +497,14 @@ def _fmt(value: Any, spec: str = ".3f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _noise(row: dict) -> str:
+    """Noise images of a row (:mod:`compdiff.evaluation.noise_images`), of its images."""
+    return f"{row['noise']}/{len(row['correct'])}" if "noise" in row else "-"
+
+
 def markdown(result: dict) -> str:
     lines = ["| dataset | model | sampler | scale | accuracy | Frechet (judge features) | "
-             "precision | recall | MMD (floor) | NFE | seconds |", "|---" * 11 + "|"]
+             "precision | recall | MMD (floor) | noise | NFE | seconds |", "|---" * 12 + "|"]
     for r in result["rows"]:
         if r.get("status") == "n/a":
             continue
@@ -508,7 +512,7 @@ def markdown(result: dict) -> str:
         lines.append(f"| {r['dataset']} | {r['model']} | {r['sampler']} | {r['scale']:g} | "
                      f"{r['accuracy']:.2f} | {_fmt(r.get('frechet'), '.2f')} | "
                      f"{_fmt(r.get('precision'), '.2f')} | {_fmt(r.get('recall'), '.2f')} | "
-                     f"{mmd} | {r['nfe']} | {r['seconds']:.0f} |")
+                     f"{mmd} | {_noise(r)} | {r['nfe']} | {r['seconds']:.0f} |")
     lines += [""] + oracle_notes(result)
     lines.append("\nJudge (clean classifier) accuracy on held-out images: " + ", ".join(
         f"{k} {v:.3f}" for k, v in result["judge_accuracy"].items()) + ".")

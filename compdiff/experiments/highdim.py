@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import jax
 import ml_collections
@@ -79,10 +79,20 @@ def _score(exact, x, reference, floor, stats, log_z_exact, num, seed) -> dict:
     }
 
 
+def _cost(config: ml_collections.ConfigDict, dim: int, row: Mapping) -> float:
+    """A row's expected cost for the ETA: its NFE times the dimension (plus a constant
+    per-row overhead for the compile and the scoring, in the same units)."""
+    levels = row.get("levels", config.levels)
+    return (common.make_sampler(row).nfe(levels) + 200) * dim
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     rows = []
     key = jax.random.PRNGKey(config.seed)
     open(os.path.join(workdir, "rows.jsonl"), "w").close()
+    planned = [(dim, row) for dim in config.dims for dims in config.targets.values()
+               if dim in dims for row in config.samplers if dim in row.get("dims", config.dims)]
+    total, done, t0 = sum(_cost(config, d, r) for d, r in planned), 0.0, time.perf_counter()
     for dim in config.dims:
         for levels in sorted({r.get("levels", config.levels) for r in config.samplers}):
             schedule = schedules.get(config.schedule, levels)
@@ -113,10 +123,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     rows.append(result)
                     with open(os.path.join(workdir, "rows.jsonl"), "a") as f:  # kept if killed
                         f.write(json.dumps(common.strict(result)) + "\n")
-                    print(f"{target_name} d={dim} {result['label']}: nfe {result['nfe']} "
-                          f"tv {result['mode_tv']:.3f} (floor {floor:.3f}) var "
-                          f"{result['var_structured']:.3f}/{result['var_background']:.3f} "
-                          f"{seconds:.1f}s", flush=True)
+                    done += _cost(config, dim, row)
+                    elapsed = time.perf_counter() - t0
+                    eta = elapsed * max(total - done, 0.0) / done
+                    print(f"[{len(rows)}/{len(planned)}] {target_name} d={dim} "
+                          f"{result['label']}: nfe {result['nfe']} tv {result['mode_tv']:.3f} "
+                          f"(floor {floor:.3f}) var {result['var_structured']:.3f}/"
+                          f"{result['var_background']:.3f} {seconds:.1f}s; elapsed "
+                          f"{elapsed / 60:.1f} min, ETA {eta / 60:.1f} min", flush=True)
     _figures(rows, os.path.join(workdir, "figures"))
     return {"rows": rows, "claims": _claims(rows, config)}
 

@@ -50,7 +50,7 @@ from absl import logging
 
 from compdiff import image_grids, prompts, samplers, text2image
 from compdiff.data import images as image_data
-from compdiff.evaluation import concepts
+from compdiff.evaluation import concepts, noise_images
 from compdiff.experiments import common, paired
 
 MODELS = ("generator", "judge")
@@ -103,8 +103,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             for spec, label in zip(config.samplers, labels):
                 row, x = cell(model, encoder, presence, prompt, common.make_sampler(spec), label,
                               config.scale, config.num_images, prompt_key)
-                rows.append({"composition": comp.name, "model": "energy", **row})
                 images = image_data.to_uint8(x, shape)
+                rows.append({"composition": comp.name, "model": "energy", **row,
+                             "noise": noise_images.count(images)})
                 _save(workdir, f"{_slug(comp.name)}_{k}_{label}", images, prompt)
                 if k == 0:
                     grid.append(images[:8])
@@ -141,6 +142,7 @@ def summary(result: dict) -> list[dict]:
                             "concept_accuracy": float(np.mean([r["concept_accuracy"]
                                                                for r in at])),
                             "num_images": len(at) * result["config"]["num_images"],
+                            "noise": int(sum(r.get("noise", 0) for r in at)),
                             "nfe": at[0]["nfe"], "seconds": float(sum(r["seconds"] for r in at))})
     return out
 
@@ -176,12 +178,12 @@ def _notes(result: dict) -> list[str]:
 
 
 def markdown(result: dict) -> str:
-    lines = ["| composition | sampler | accuracy | concepts met | images | NFE | seconds |",
-             "|---" * 7 + "|"]
+    lines = ["| composition | sampler | accuracy | concepts met | images | noise | NFE | seconds |",
+             "|---" * 8 + "|"]
     for s in summary(result):
         lines.append(f"| {s['composition']} | {s['sampler']} | {s['accuracy']:.2f} | "
-                     f"{s['concept_accuracy']:.2f} | {s['num_images']} | {s['nfe']} | "
-                     f"{s['seconds']:.0f} |")
+                     f"{s['concept_accuracy']:.2f} | {s['num_images']} | {s['noise']} | "
+                     f"{s['nfe']} | {s['seconds']:.0f} |")
     lines += [""] + _notes(result)
     lines.append("\nPrompts: " + "; ".join(
         f"{c['name']}: " + " | ".join(c["prompts"]) for c in result["config"]["compositions"])

@@ -31,7 +31,7 @@ import ml_collections
 
 from compdiff.experiments import common
 from configs import common as shared
-from configs.common import image_row
+from configs.common import IMAGE_ROWS, image_row, image_rows
 from configs.models import clevr, clevr_classifier
 
 VARIANTS = ("tiny", "quick", "cpu", "cpu_full", "paper")
@@ -68,30 +68,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     leapfrog = 1 if variant != "paper" else 3
     hmc = dict(steps_per_level=steps, step=0.1, leapfrog=leapfrog, damping=0.5)
     mala = dict(steps_per_level=steps, step=0.035)
-    config.rows = [
-        _row("reverse", ("eps", "energy")),
-        _row("reverse_equal", ("eps",)),
-        _row("ula", ("eps", "energy"), **mala),
-        _row("uhmc", ("eps", "energy"), **hmc),
-        # eps cells of Metropolis rows are "n/a" rows with the reason (score-only model).
-        _row("mala", ("eps", "energy"), **mala),
-        _row("hmc", ("eps", "energy"), **hmc),
-        _row("mala", ("eps", "energy"), smc=True, **mala),
-        _row("hmc", ("eps", "energy"), smc=True, **hmc),
-        # Steps adapted toward acceptance 0.6 (docs/smc.md): after the reverse step at the
-        # RRR rows' cost, and as SMC with 3 moves per level from the matched reference.
-        _row("mala", ("eps", "energy"), adapt=0.6, **mala),
-        _row("mala", ("eps", "energy"), smc=True, adapt=0.6, matched_reference=True,
-             **{**mala, "steps_per_level": 3}),
-    ]
-    if variant == "tiny":  # the code path of every kind of row, at the least cost
-        config.rows = [config.rows[i] for i in (0, 1, 4, 7)]
-    elif variant == "quick":
-        config.rows = [config.rows[i] for i in (0, 2, 5, 9)]
-        for row in config.rows:
-            row.models = ["energy"]
-    elif variant == "cpu":
-        config.rows = [config.rows[i] for i in (0, 1, 2, 3, 4, 5, 7, 8, 9)]
+    # eps cells of Metropolis rows are "n/a" rows with the reason (score-only model).
+    labels = {
+        "tiny": ("reverse", "reverse_equal", "mala", "hmc+smc"),  # every kind of row
+        "quick": ("reverse", "ula", "hmc", "mala+adapt+smc"),
+        "cpu": tuple(r for r in IMAGE_ROWS if r != "mala+smc"),
+    }.get(variant, IMAGE_ROWS)
+    config.rows = image_rows(mala, hmc, ["energy"] if variant == "quick" else ["eps", "energy"],
+                             labels=labels, models_of={"reverse_equal": ["eps"]})
     config.curve = ml_collections.ConfigDict()
     config.curve.num_positions = 3 if variant != "tiny" else 1
     config.curve.steps = {"tiny": [1], "quick": [1, 2]}.get(variant, [1, 2, 4])

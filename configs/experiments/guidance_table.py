@@ -24,7 +24,7 @@ import ml_collections
 from compdiff.data import scene_classes
 from compdiff.experiments import common
 from configs import common as shared
-from configs.common import image_row
+from configs.common import IMAGE_ROWS, image_row, image_rows
 from configs.models import classifier as classifier_configs
 from configs.models import guidance_models
 
@@ -49,29 +49,16 @@ def _rows(variant: str) -> list[ml_collections.ConfigDict]:
     else:
         mala = dict(steps_per_level=1, step=0.035)
         hmc = dict(steps_per_level=1, leapfrog=1, step=0.1, damping=0.5)
-    rows = [
-        _row("reverse", ("eps", "energy")),
-        _row("reverse_equal", ("eps",)),
-        _row("ula", ("eps", "energy"), **mala),
-        _row("uhmc", ("eps", "energy"), **hmc),
-        # eps cells of Metropolis rows are "n/a" rows with the reason (score-only model).
-        _row("mala", ("eps", "energy"), **mala),
-        _row("hmc", ("eps", "energy"), **hmc),
-        _row("mala", ("eps", "energy"), smc=True, **mala),
-        _row("hmc", ("eps", "energy"), smc=True, **hmc),
-        # Steps adapted toward acceptance 0.6 (docs/smc.md): after the reverse step at the
-        # RRR rows' cost, and as SMC with 3 moves per level from the matched reference.
-        _row("mala", ("energy",), adapt=0.6, **mala),
-        _row("mala", ("energy",), smc=True, adapt=0.6, matched_reference=True,
-             **{**mala, "steps_per_level": 3}),
-    ]
-    if variant == "tiny":  # the code paths of the rows (reverse_equal: the CLEVR table's)
-        return [rows[i] for i in (0, 7)]
-    if variant == "quick":
-        return [rows[i] for i in (0, 5, 9)]
-    if variant == "cpu":  # two SMC rows: per-class populations cost 10 runs each
-        return rows[:6] + rows[7:]
-    return rows
+    labels = {
+        "tiny": ("reverse", "hmc+smc"),  # the code paths (reverse_equal: the CLEVR table's)
+        "quick": ("reverse", "hmc", "mala+adapt+smc"),
+        # two SMC rows: per-class populations cost 10 runs each
+        "cpu": tuple(r for r in IMAGE_ROWS if r != "mala+smc"),
+    }.get(variant, IMAGE_ROWS)
+    # eps cells of Metropolis rows are "n/a" rows with the reason (score-only model).
+    return image_rows(mala, hmc, ["eps", "energy"], labels=labels,
+                      models_of={"reverse_equal": ["eps"], "mala+adapt": ["energy"],
+                                 "mala+adapt+smc": ["energy"]})
 
 
 def _energy_rows(rows: list[ml_collections.ConfigDict]) -> list[ml_collections.ConfigDict]:
