@@ -77,6 +77,9 @@ def test_table_at_tiny_size(tmp_path):
         row = cells[key]
         assert 0.0 <= row["accuracy"] <= 1.0 and row["nfe"] > 0 and row["seconds"] > 0, key
         assert 0 <= row["noise"] <= row["num_images"] == len(row["correct"]), key
+    # SMC resamples, so each image (its own positions) is its own population
+    assert cells[("energy", "hmc+smc", 2)]["population"] == config.smc_population >= 2
+    assert "population" not in cells[("energy", "mala", 2)]
     # Equal cost: reverse_equal spends what the MCMC rows spend; reverse spends T.
     assert cells[("eps", "reverse_equal", 2)]["nfe"] == cells[("energy", "mala", 2)]["nfe"]
     assert cells[("energy", "reverse", 2)]["nfe"] == config.models.energy.schedule.num_levels

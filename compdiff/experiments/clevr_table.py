@@ -156,6 +156,25 @@ def sample_cell(model: DiffusionModel, positions: np.ndarray, sampler: samplers.
     return np.asarray(x), stats
 
 
+def sample_per_image(model: DiffusionModel, positions: np.ndarray, sampler: samplers.Sampler,
+                     key: Array, scale: float, population: int, schedule=None, pad_to: int = 0
+                     ) -> tuple[np.ndarray, Any]:
+    """SMC resamples across chains, and every image asks for its own positions, so each
+    image runs as its own population of ``population`` chains (one compile: the positions
+    are array leaves); the image is one chain drawn by the population's final weights."""
+    if population < 2:
+        raise ValueError(f"an SMC population needs at least 2 chains, got {population}")
+    images, stats = [], None
+    for i in range(positions.shape[0]):
+        cell_key = jax.random.fold_in(key, i)
+        x, stats = sample_cell(model, np.repeat(positions[i:i + 1], population, axis=0),
+                               sampler, cell_key, scale, schedule, pad_to)
+        log_w = (jnp.zeros(population) if stats.log_weights is None
+                 else jnp.nan_to_num(stats.log_weights, nan=-jnp.inf))
+        images.append(x[int(jax.random.categorical(jax.random.fold_in(cell_key, 1), log_w))])
+    return np.stack(images), stats
+
+
 # --- the table ---------------------------------------------------------------------------
 def needed_models(config: ml_collections.ConfigDict) -> list[str]:
     """The models the rows use: ``eps_equal`` only for a ``reverse_equal`` row."""
@@ -219,8 +238,13 @@ def _cell(config, workdir, models, model_name, spec, k, positions, key, budget, 
     if reason:
         return {**base, "status": "n/a", "reason": reason}
     t0 = time.time()
-    x, stats = sample_cell(model, positions, sampler, key, config.guidance_scale, schedule,
-                           pad_to=_pad_to(config))
+    if sampler.resample_ess > 0:  # one population per image (pairs with the rows by image)
+        x, stats = sample_per_image(model, positions, sampler, key, config.guidance_scale,
+                                    config.smc_population, schedule, pad_to=_pad_to(config))
+        base["population"] = config.smc_population
+    else:
+        x, stats = sample_cell(model, positions, sampler, key, config.guidance_scale,
+                               schedule, pad_to=_pad_to(config))
     seconds = time.time() - t0
     hits = correct(presence_probs(classifier, cparams, x, positions))
     images = to_uint8(x, image_shape)
