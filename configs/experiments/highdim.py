@@ -95,7 +95,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.samplers = _rows(full=name == "full")
     if name == "tiny":  # one cheap row per kind of weight
         config.samplers = [r for r in config.samplers
-                           if r.label in ("reverse", "smc_mala_adapt_5", "fkc_T100")]
+                           if r.label in ("reverse", "smc_mala_adapt_2", "fkc_T100")]
     config.claim_dims = [d for d in (256, 1024) if d in config.dims]
     config.claim_nfe_ratio = 10.0
     return config
