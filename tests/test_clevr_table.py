@@ -77,6 +77,7 @@ def test_table_at_tiny_size(tmp_path):
         row = cells[key]
         assert 0.0 <= row["accuracy"] <= 1.0 and row["nfe"] > 0 and row["seconds"] > 0, key
         assert 0 <= row["noise"] <= row["num_images"] == len(row["correct"]), key
+        assert sum(row["correct"]) <= row["num_images"] - row["noise"], key  # noise: wrong
     # SMC resamples, so each image (its own positions) is its own population
     assert cells[("energy", "hmc+smc", 2)]["population"] == config.smc_population >= 2
     assert "population" not in cells[("energy", "mala", 2)]

@@ -98,6 +98,7 @@ def test_tiny_table_end_to_end(tmp_path):
             assert 0.0 <= r["accuracy"] <= 1.0 and np.isfinite(r["frechet"])
             assert 0.0 <= r["precision"] <= 1.0 and 0.0 <= r["recall"] <= 1.0
             assert 0 <= r["noise"] <= len(r["correct"])
+            assert sum(r["correct"]) <= len(r["correct"]) - r["noise"]  # noise: wrong
     assert 0.0 <= saved["judge_accuracy"]["digits"] <= 1.0
     # Paired: every main row of a dataset asks the same classes from the same key.
     digits = [r for r in saved["rows"] if r["dataset"] == "digits" and "correct" in r]

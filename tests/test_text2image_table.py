@@ -66,6 +66,7 @@ def test_tiny_table_end_to_end(tmp_path):
         assert set(r) >= {"composition", "prompt", "model", "sampler", "accuracy", "nfe",
                           "seconds", "noise"}
         assert 0 <= r["noise"] <= len(r["correct"])
+        assert sum(r["correct"]) <= len(r["correct"]) - r["noise"]  # noise: wrong
     assert 0.0 <= saved["classifier_accuracy"] <= 1.0 and saved["wall_seconds"] > 0
     with np.load(workdir / "samples" / "OR_0_reverse.npz") as f:
         assert f["x"].dtype == np.uint8 and f["x"].shape == (2, 16, 16, 3)

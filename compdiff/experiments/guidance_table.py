@@ -202,9 +202,10 @@ class _Dataset:
     def score(self, x: np.ndarray, labels: np.ndarray | None = None) -> dict:
         probs, feats = judge(self.judge_module, self.judge_params, x)
         pr = image_metrics.precision_recall(self.real_features, feats)
-        hits = correct(probs, self.labels if labels is None else labels)
+        noise = noise_images.is_noise(image_data.to_uint8(x, self.image_shape))
+        hits = correct(probs, self.labels if labels is None else labels) & ~noise  # noise: wrong
         return {"accuracy": float(hits.mean()), "correct": hits.astype(int).tolist(),
-                "noise": noise_images.count(image_data.to_uint8(x, self.image_shape)),
+                "noise": int(noise.sum()),
                 "frechet": image_metrics.frechet_distance(self.real_features, feats),
                 "precision": pr[0], "recall": pr[1]}
 

@@ -104,8 +104,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 row, x = cell(model, encoder, presence, prompt, common.make_sampler(spec), label,
                               config.scale, config.num_images, prompt_key)
                 images = image_data.to_uint8(x, shape)
+                noise = noise_images.is_noise(images)  # a noise image is never correct
+                row["correct"] = [int(c and not n) for c, n in zip(row["correct"], noise)]
+                row["accuracy"] = float(np.mean(row["correct"]))
                 rows.append({"composition": comp.name, "model": "energy", **row,
-                             "noise": noise_images.count(images)})
+                             "noise": int(noise.sum())})
                 _save(workdir, f"{_slug(comp.name)}_{k}_{label}", images, prompt)
                 if k == 0:
                     grid.append(images[:8])

@@ -13,6 +13,9 @@ Variants:
   them training.
 - ``cpu_full``: the same models, 32 images per cell and every row: about 40 minutes
   of sampling here.
+- ``cpu_smc``: the ``cpu`` energy model (link ``models/`` of a ``cpu`` run into the
+  workdir to reuse it) and the SMC rows against reverse diffusion and adapted MALA, at 1
+  and 3 positions: the check of ``docs/clevr.md`` (21.5 min here with the models).
 - ``paper``: RRR's models (``configs/models/clevr.py:paper``), for accelerators.
 
 Samplers as RRR runs them on images: one reverse step into each level, then
@@ -34,7 +37,7 @@ from configs import common as shared
 from configs.common import IMAGE_ROWS, image_row, image_rows
 from configs.models import clevr, clevr_classifier
 
-VARIANTS = ("tiny", "quick", "cpu", "cpu_full", "paper")
+VARIANTS = ("tiny", "quick", "cpu", "cpu_full", "cpu_smc", "paper")
 
 
 def _row(sampler: str, models: tuple[str, ...], **kw) -> ml_collections.ConfigDict:
@@ -53,8 +56,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # models place a single object at its position 0.45 of the time at w = 1 and 0.84 at
     # w = 3 after 800 steps (reverse diffusion, 64 images), so the CPU table uses 3.
     config.guidance_scale = 1.0 if variant in ("tiny", "paper") else 3.0
-    config.num_images = {"tiny": 4, "quick": 8, "cpu": 16, "cpu_full": 32, "paper": 256}[
-        variant]
+    config.num_images = {"tiny": 4, "quick": 8, "cpu_full": 32, "paper": 256}.get(variant, 16)
     # Pad every K to the largest with zero-weight conditions: one compilation per sampler
     # instead of one per (sampler, K), at the price of computing the padded rows.
     config.pad_conditions = False
@@ -63,8 +65,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # the row's NFE per image). Before this, one population held every image's positions
     # and resampling moved chains between them (accuracy 0.00-0.06 on the cpu table).
     config.smc_population = {"tiny": 2, "paper": 16}.get(variant, 4)
-    config.num_positions = {"tiny": [2], "quick": [1, 3]}.get(variant, [1, 2, 3, 4, 5])
-    config.grid_positions = [2] if variant == "tiny" else [1, 3, 5]
+    config.num_positions = {"tiny": [2], "quick": [1, 3], "cpu_smc": [1, 3]}.get(
+        variant, [1, 2, 3, 4, 5])
+    config.grid_positions = {"tiny": [2], "cpu_smc": [3]}.get(variant, [1, 3, 5])
     config.classifier_eval_images = {"tiny": 16, "quick": 200, "paper": 5000}.get(variant, 1000)
 
     # One kernel step per level after the reverse step (2 gradient evaluations per level
@@ -78,13 +81,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         "tiny": ("reverse", "reverse_equal", "mala", "hmc+smc"),  # every kind of row
         "quick": ("reverse", "ula", "hmc", "mala+adapt+smc"),
         "cpu": tuple(r for r in IMAGE_ROWS if r != "mala+smc"),
+        "cpu_smc": ("reverse", "mala+adapt", "hmc+smc", "mala+adapt+smc"),
     }.get(variant, IMAGE_ROWS)
-    config.rows = image_rows(mala, hmc, ["energy"] if variant == "quick" else ["eps", "energy"],
+    energy_only = variant in ("quick", "cpu_smc")
+    config.rows = image_rows(mala, hmc, ["energy"] if energy_only else ["eps", "energy"],
                              labels=labels, models_of={"reverse_equal": ["eps"]})
     config.curve = ml_collections.ConfigDict()
     config.curve.num_positions = 3 if variant != "tiny" else 1
     config.curve.steps = {"tiny": [1], "quick": [1, 2]}.get(variant, [1, 2, 4])
     config.curve.rows = [_row("hmc", ("energy",), **{**hmc, "steps_per_level": 1})]
+    if variant == "cpu_smc":
+        config.curve.steps, config.curve.rows = [], []
 
     models = ml_collections.ConfigDict()
     models.eps = clevr.get_config(f"{size},param=eps")
