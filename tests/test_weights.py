@@ -115,3 +115,41 @@ def test_chains_that_land_where_the_density_is_nan_walk_out_without_resampling(s
                                denoise=False)
     assert int(np.sum(np.asarray(x)[:, 0] > 2.0)) <= 5
     assert int(np.max(np.asarray(stats.nonfinite))) == 0
+
+
+@flax.struct.dataclass
+class _Tilted(Density):
+    """``N(0, I)`` tilted by ``exp(s_t x_0)`` per chain, ``s_t = tilt (1 - t / levels)``: at
+    level 0 chain ``i``'s target is ``N(tilt_i, 1)`` in ``x_0``, with ``log Z = tilt_i^2 / 2``."""
+
+    tilt: jnp.ndarray
+    levels: int = flax.struct.field(pytree_node=False, default=100)
+    dim: int = flax.struct.field(pytree_node=False, default=2)
+    has_log_prob: bool = flax.struct.field(pytree_node=False, default=True)
+
+    def log_prob(self, x, t):
+        s = self.tilt * (1.0 - t / self.levels)
+        return -0.5 * jnp.sum(x * x, -1) - jnp.log(2 * jnp.pi) + s * x[:, 0]
+
+
+def test_populations_resample_only_within_themselves(schedule):
+    """Two conditions in one call, each its own SMC population: each block's mean and
+    ``log Z`` are its own exact ones. One population for both moves chains of the weak
+    tilt into the strong one's (block 0's mean 2.7 instead of 1)."""
+    size, tilts = 1000, (1.0, 3.0)
+    target = _Tilted(jnp.repeat(jnp.asarray(tilts), size), levels=schedule.num_levels)
+    hmc = samplers.get("hmc", steps_per_level=2, leapfrog=2, step=0.3, resample_ess=0.5)
+    x, stats = samplers.sample(target, hmc, schedule, jax.random.PRNGKey(0), 2 * size,
+                               denoise=False, populations=2)
+    means = np.asarray(x)[:, 0].reshape(2, size).mean(1)
+    np.testing.assert_allclose(means, tilts, atol=0.1)
+    np.testing.assert_allclose(np.asarray(stats.log_normalizer), np.square(tilts) / 2, atol=0.2)
+    mixed, _ = samplers.sample(target, hmc, schedule, jax.random.PRNGKey(0), 2 * size,
+                               denoise=False)
+    assert np.asarray(mixed)[:size, 0].mean() > tilts[0] + 0.5
+
+
+def test_populations_must_divide_the_chains(schedule):
+    with pytest.raises(ValueError, match="cannot form 3 equal populations"):
+        samplers.sample(_Holed(), samplers.get("hmc", resample_ess=0.5), schedule,
+                        jax.random.PRNGKey(0), 10, populations=3)

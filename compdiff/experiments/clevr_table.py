@@ -147,12 +147,12 @@ def _pad_to(config: ml_collections.ConfigDict) -> int:
 
 
 def sample_cell(model: DiffusionModel, positions: np.ndarray, sampler: samplers.Sampler,
-                key: Array, scale: float, schedule=None, pad_to: int = 0
+                key: Array, scale: float, schedule=None, pad_to: int = 0, populations: int = 1
                 ) -> tuple[np.ndarray, Any]:
     """``num`` images composed over ``positions [num, K, 2]`` (one set per image)."""
     target = composition(model, positions, scale, pad_to)
     x, stats = samplers.sample(target, sampler, schedule or model.schedule, key,
-                               positions.shape[0], mesh=None)
+                               positions.shape[0], mesh=None, populations=populations)
     return np.asarray(x), stats
 
 
@@ -160,19 +160,17 @@ def sample_per_image(model: DiffusionModel, positions: np.ndarray, sampler: samp
                      key: Array, scale: float, population: int, schedule=None, pad_to: int = 0
                      ) -> tuple[np.ndarray, Any]:
     """SMC resamples across chains, and every image asks for its own positions, so each
-    image runs as its own population of ``population`` chains (one compile: the positions
-    are array leaves); the image is one chain drawn by the population's final weights."""
+    image runs as its own population of ``population`` chains, all in one call (the
+    driver's ``populations``); the image is one chain drawn by its population's weights."""
     if population < 2:
         raise ValueError(f"an SMC population needs at least 2 chains, got {population}")
-    images, stats = [], None
-    for i in range(positions.shape[0]):
-        cell_key = jax.random.fold_in(key, i)
-        x, stats = sample_cell(model, np.repeat(positions[i:i + 1], population, axis=0),
-                               sampler, cell_key, scale, schedule, pad_to)
-        log_w = (jnp.zeros(population) if stats.log_weights is None
-                 else jnp.nan_to_num(stats.log_weights, nan=-jnp.inf))
-        images.append(x[int(jax.random.categorical(jax.random.fold_in(cell_key, 1), log_w))])
-    return np.stack(images), stats
+    num = positions.shape[0]
+    x, stats = sample_cell(model, np.repeat(positions, population, axis=0), sampler, key,
+                           scale, schedule, pad_to, populations=num)
+    log_w = (jnp.zeros((num, population)) if stats.log_weights is None
+             else jnp.nan_to_num(stats.log_weights, nan=-jnp.inf).reshape(num, population))
+    pick = np.asarray(jax.random.categorical(jax.random.fold_in(key, 1), log_w, axis=-1))
+    return x.reshape(num, population, -1)[np.arange(num), pick], stats
 
 
 # --- the table ---------------------------------------------------------------------------

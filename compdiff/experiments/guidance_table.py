@@ -217,16 +217,20 @@ def _sample(target: Density, sampler: samplers.Sampler, schedule, key: Array, nu
 
 def _sample_per_class(ds: _Dataset, model: DiffusionModel, sampler, scale: float, key: Array,
                       schedule=None) -> tuple[np.ndarray, Any]:
-    """SMC resamples across chains, so each class runs as its own population."""
+    """SMC resamples across chains, so each class runs as its own population, all in one
+    call (the driver's ``populations``), as large as the most-asked class's count; a
+    class's images are the first of its population's (equally weighted) final chains."""
+    classes, counts = np.unique(ds.labels, return_counts=True)
+    size = int(counts.max())
+    target = guided(model, ds.classifier, jnp.asarray(np.repeat(classes, size), jnp.int32),
+                    scale)
+    chains, stats = samplers.sample(target, sampler, schedule or model.schedule, key,
+                                    len(classes) * size, mesh=None, populations=len(classes))
+    chains = np.asarray(chains).reshape(len(classes), size, model.dim)
     x = np.zeros((len(ds.labels), model.dim), np.float32)
-    stats = None
-    for c in range(ds.num_classes):
+    for block, c in enumerate(classes):
         rows = np.flatnonzero(ds.labels == c)
-        if rows.size == 0:
-            continue
-        target = guided(model, ds.classifier, jnp.full(rows.size, c, jnp.int32), scale)
-        x[rows], stats = _sample(target, sampler, schedule or model.schedule,
-                                 jax.random.fold_in(key, c), rows.size)
+        x[rows] = chains[block, :rows.size]
     return x, stats
 
 

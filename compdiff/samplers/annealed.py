@@ -67,10 +67,11 @@ class SampleStats:
     ``nonfinite`` / ``escaped``: chains not finite / beyond the escape bound at
     the end of the level. ``ess``: effective sample size of the importance
     weights on entering the level, before any resampling (NaN without weights).
-    ``log_weights`` [num] and ``log_normalizer`` (the estimate of ``log Z_1``)
-    are ``None`` where the weights are undefined. ``step``: the kernel's step
-    size on entering the level (adapted or from the rule; NaN without a
-    kernel). ``nfe``: gradient evaluations per chain.
+    ``log_weights`` [num] and ``log_normalizer`` (the estimate of ``log Z_1``; one
+    per population when there are several) are ``None`` where the weights are
+    undefined. With several populations ``ess`` sums theirs, and is 0 when any
+    is. ``step``: the kernel's step size on entering the level (adapted or from
+    the rule; NaN without a kernel). ``nfe``: gradient evaluations per chain.
     """
 
     accept: Array
@@ -105,7 +106,7 @@ class SampleStats:
             "ess_level1": (None if self.log_weights is None
                            else float(self.ess[0]) / max(self.num, 1)),
             "log_normalizer": (None if self.log_normalizer is None
-                               else float(self.log_normalizer)),
+                               else np.asarray(self.log_normalizer, np.float64).tolist()),
             "step_level1": (None if self.step is None or not np.isfinite(self.step[0])
                             else float(self.step[0])),
             "nfe": self.nfe,
@@ -156,8 +157,15 @@ def _reference(target: Density, schedule: Schedule, z: Array, matched: bool):
     return x, weights.log_normal(x, 0.0, c)
 
 
+def _population_ess(log_w: Array, populations: int) -> Array:
+    """Summed ESS of the populations' weights; 0 when any population's weights are all zero."""
+    ess = jax.vmap(weights.effective_sample_size)(log_w.reshape(populations, -1))
+    return jnp.where(jnp.all(ess > 0), jnp.sum(ess), 0.0)
+
+
 def _run(target: Density, schedule: Schedule, key: Array, step_scale: Array, *,
-         sampler: Sampler, num: int, denoise: bool, escape: float, mesh: Mesh | None):
+         sampler: Sampler, num: int, denoise: bool, escape: float, mesh: Mesh | None,
+         populations: int = 1):
     constrain = (lambda a: a) if mesh is None else partial(
         jax.lax.with_sharding_constraint, shardings=NamedSharding(mesh, PartitionSpec(CHAINS)))
     num_levels = schedule.num_levels
@@ -206,9 +214,10 @@ def _run(target: Density, schedule: Schedule, key: Array, step_scale: Array, *,
             # chains carry the weights; its kernel steps then spread duplicates.
             state, log_w, ess = weights.resample(
                 state, log_w, jax.random.fold_in(level_key, 1 << 21), sampler.resample_ess,
-                t == 1, constrain)
+                t == 1, constrain, populations)
+            ess = jnp.where(jnp.all(ess > 0), jnp.sum(ess), 0.0)
         else:
-            ess = weights.effective_sample_size(log_w)
+            ess = _population_ess(log_w, populations)
         if kernel is None:
             return (state, log_w, log_scale), (jnp.nan, *_health(state, escape), ess, jnp.nan)
         level_step = step[t] * jnp.exp(log_scale)
@@ -239,7 +248,8 @@ def _run(target: Density, schedule: Schedule, key: Array, step_scale: Array, *,
     return x, accept, nonfinite, escaped, ess, log_w, steps
 
 
-_run_jit = jax.jit(_run, static_argnames=("sampler", "num", "denoise", "escape", "mesh"))
+_run_jit = jax.jit(_run, static_argnames=("sampler", "num", "denoise", "escape", "mesh",
+                                          "populations"))
 
 
 def chain_mesh(devices=None) -> Mesh:
@@ -249,7 +259,7 @@ def chain_mesh(devices=None) -> Mesh:
 
 
 def _validate(target: Density, sampler: Sampler, schedule: Schedule, num: int,
-              mesh: Mesh | None) -> None:
+              mesh: Mesh | None, populations: int = 1) -> None:
     if not isinstance(target, Density):
         raise TypeError(f"target must be a compdiff Density, got {type(target).__name__}")
     for leaf in jax.tree_util.tree_leaves(target):
@@ -273,36 +283,46 @@ def _validate(target: Density, sampler: Sampler, schedule: Schedule, num: int,
         raise ValueError(f"sampler {sampler.name!r}: masses must be finite and positive")
     if num < 1:
         raise ValueError(f"num must be positive, got {num}")
+    if populations < 1 or num % populations:
+        raise ValueError(f"num={num} chains cannot form {populations} equal populations; "
+                         f"use a multiple of {populations}")
     if mesh is not None and num % mesh.size:
         raise ValueError(f"num={num} chains cannot be split evenly over {mesh.size} devices; "
                          f"use a multiple of {mesh.size}")
 
 
 def sample(target: Density, sampler: Sampler, schedule: Schedule, key: Array, num: int, *,
-           denoise: bool = True, escape: float = 100.0, mesh: Mesh | None | str = "auto"
-           ) -> tuple[Array, SampleStats]:
+           denoise: bool = True, escape: float = 100.0, mesh: Mesh | None | str = "auto",
+           populations: int = 1) -> tuple[Array, SampleStats]:
     """Draws ``num`` samples ``[num, dim]`` from ``target``: at level 0, or at level 1
     (the level the importance weights refer to) with ``denoise=False``.
+
+    ``populations`` splits the chains into that many equal, contiguous blocks, each
+    its own SMC run: resampling never moves a chain into another block, and
+    ``log_normalizer`` is one estimate per block. This is how one call samples many
+    conditions at once (block ``i`` = the chains whose condition arrays ask for image
+    or class ``i``): a composition whose conditions are array leaves compiles once.
+    Without resampling, blocks only change the reported ESS and ``log Z``.
 
     ``escape`` is the bound on ``|x|_inf`` past which a finite chain counts as
     escaped (diverged). ``mesh="auto"`` shards the chains over all devices
     when there are several; pass ``None`` to keep them on one device or a
     :func:`chain_mesh` of your own.
 
-    Raises ``ValueError`` when resampling finds every importance weight zero:
-    the target has no finite log-density anywhere the chains are.
+    Raises ``ValueError`` when resampling finds every importance weight of a
+    population zero: the target has no finite log-density anywhere its chains are.
     """
     if mesh == "auto":
         mesh = chain_mesh() if jax.device_count() > 1 else None
     if not escape > 0:
         raise ValueError(f"escape must be a positive bound on |x|, got {escape}")
     if isinstance(sampler, Sampler) and sampler.name == "reverse_equal":
-        _validate(target, sampler, schedule, num, mesh)
+        _validate(target, sampler, schedule, num, mesh, populations)
         target, schedule = equal_cost.last_levels(target, schedule, sampler.budget)
-    _validate(target, sampler, schedule, num, mesh)
+    _validate(target, sampler, schedule, num, mesh, populations)
     x, accept, nonfinite, escaped, ess, log_w, steps = _run_jit(
         target, schedule, key, jnp.float32(sampler.step.a), sampler=sampler, num=num,
-        denoise=denoise, escape=float(escape), mesh=mesh)
+        denoise=denoise, escape=float(escape), mesh=mesh, populations=populations)
     # FKC weights drop a constant per level: they resample, but estimate no log Z.
     weights_valid = target.has_log_prob and sampler.invariant and not sampler.fkc
     if (weights_valid or sampler.fkc) and sampler.resample_ess > 0:
@@ -310,9 +330,15 @@ def sample(target: Density, sampler: Sampler, schedule: Schedule, key: Array, nu
         if dead.size:
             raise ValueError(
                 f"every importance weight is zero from level {int(dead.max()) + 1} down: "
-                f"{target.describe()} has no finite log-density where the {num} chains are, "
-                "so there is nothing to resample")
-    log_normalizer = (jax.nn.logsumexp(log_w) - math.log(num)) if weights_valid else None
+                f"{target.describe()} has no finite log-density where the "
+                f"{num // populations} chains of a population are, so there is nothing to "
+                "resample")
+    log_normalizer = None
+    if weights_valid:
+        per_population = log_w.reshape(populations, -1)
+        log_normalizer = (jax.nn.logsumexp(per_population, -1)
+                          - math.log(per_population.shape[1]))
+        log_normalizer = log_normalizer[0] if populations == 1 else log_normalizer
     if not sampler.spec.needs_log_prob:  # no Metropolis test: nothing was accepted or rejected
         accept = jnp.full_like(accept, jnp.nan)
     has_ess = weights_valid or sampler.fkc

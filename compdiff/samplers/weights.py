@@ -50,24 +50,31 @@ def effective_sample_size(log_w: Array) -> Array:
     return jnp.where(jnp.isfinite(lse), ess, 0.0)
 
 
-def resample(state, log_w: Array, key: Array, threshold: float, force: Array, constrain):
-    """Systematic resampling of the pytree ``state`` when the ESS drops below ``threshold * num``.
+def resample(state, log_w: Array, key: Array, threshold: float, force: Array, constrain,
+             populations: int = 1):
+    """Systematic resampling of the pytree ``state`` within each of ``populations``
+    equal, contiguous blocks of chains, where that block's ESS drops below
+    ``threshold * block size``.
 
-    With every weight zero the ESS is 0 and the caller raises. Returns
-    ``(state, log_w, ess)``, ``ess`` measured before resampling.
+    Blocks are independent SMC runs (one image's or one class's target each):
+    a chain is only ever replaced by a chain of its own block. Returns
+    ``(state, log_w, ess)``, ``ess`` [populations] measured before resampling;
+    a block whose weights are all zero has ESS 0 and the caller raises.
     """
     num = log_w.shape[0]
-    log_w = finite_log_weights(log_w)
-    ess = effective_sample_size(log_w)
+    size = num // populations
+    blocks = finite_log_weights(log_w).reshape(populations, size)
+    ess = jax.vmap(effective_sample_size)(blocks)
     # Uniform when every weight is zero, so the indices stay defined until the caller raises.
-    cdf = jnp.cumsum(jax.nn.softmax(jnp.where(ess > 0, log_w, 0.0)))
-    positions = (jax.random.uniform(key) + jnp.arange(num)) / num
-    idx = jnp.minimum(jnp.searchsorted(cdf, positions), num - 1)
-    resampled = jax.tree_util.tree_map(lambda a: constrain(a[idx]), state)
-    log_mean = jax.nn.logsumexp(log_w) - jnp.log(num)
-    do = force | (ess < threshold * num)
-    state = jax.tree_util.tree_map(lambda a, b: jnp.where(do, a, b), resampled, state)
-    return state, jnp.where(do, jnp.full_like(log_w, log_mean), log_w), ess
+    cdf = jnp.cumsum(jax.nn.softmax(jnp.where(ess[:, None] > 0, blocks, 0.0), axis=-1), -1)
+    positions = (jax.random.uniform(key, (populations, 1)) + jnp.arange(size)) / size
+    local = jnp.minimum(jax.vmap(jnp.searchsorted)(cdf, positions), size - 1)
+    do = force | (ess < threshold * size)
+    own = jnp.arange(num).reshape(populations, size)
+    idx = jnp.where(do[:, None], local + own[:, :1], own).reshape(num)
+    state = jax.tree_util.tree_map(lambda a: constrain(a[idx]), state)
+    log_mean = jax.nn.logsumexp(blocks, -1, keepdims=True) - jnp.log(size)
+    return state, jnp.where(do[:, None], log_mean, blocks).reshape(num), ess
 
 
 def log_normal(x: Array, mean: Array, var: Array) -> Array:
