@@ -100,6 +100,9 @@ def test_tiny_table_end_to_end(tmp_path):
             assert 0 <= r["noise"] <= len(r["correct"])
             assert sum(r["correct"]) <= len(r["correct"]) - r["noise"]  # noise: wrong
     assert 0.0 <= saved["judge_accuracy"]["digits"] <= 1.0
+    # SMC: each asked class is its own population of smc_population chains (one call).
+    smc = next(r for r in saved["rows"] if r["sampler"] == "hmc+smc" and r["model"] == "energy")
+    assert smc["population"] == config.dataset_configs.digits.smc_population
     # Paired: every main row of a dataset asks the same classes from the same key.
     digits = [r for r in saved["rows"] if r["dataset"] == "digits" and "correct" in r]
     assert digits and all(len(r["correct"]) == 4 for r in digits)

@@ -218,10 +218,11 @@ def _sample(target: Density, sampler: samplers.Sampler, schedule, key: Array, nu
 def _sample_per_class(ds: _Dataset, model: DiffusionModel, sampler, scale: float, key: Array,
                       schedule=None) -> tuple[np.ndarray, Any]:
     """SMC resamples across chains, so each class runs as its own population, all in one
-    call (the driver's ``populations``), as large as the most-asked class's count; a
-    class's images are the first of its population's (equally weighted) final chains."""
+    call (the driver's ``populations``) of ``smc_population`` chains or the most-asked
+    class's count if larger; a class's images are the first of its population's
+    (equally weighted, after the final resampling) chains."""
     classes, counts = np.unique(ds.labels, return_counts=True)
-    size = int(counts.max())
+    size = max(int(counts.max()), ds.config.smc_population)
     target = guided(model, ds.classifier, jnp.asarray(np.repeat(classes, size), jnp.int32),
                     scale)
     chains, stats = samplers.sample(target, sampler, schedule or model.schedule, key,
@@ -250,6 +251,7 @@ def image_cell(ds: _Dataset, spec: ml_collections.ConfigDict, model_name: str, s
     t0 = time.time()
     if sampler.resample_ess > 0:
         x, stats = _sample_per_class(ds, model, sampler, scale, key, schedule)
+        base["population"] = stats.num // len(np.unique(ds.labels))
     else:
         target = guided(model, ds.classifier, jnp.asarray(ds.labels, jnp.int32), scale)
         x, stats = _sample(target, sampler, schedule or model.schedule, key, len(ds.labels))

@@ -52,7 +52,7 @@ def _rows(variant: str) -> list[ml_collections.ConfigDict]:
     labels = {
         "tiny": ("reverse", "hmc+smc"),  # the code paths (reverse_equal: the CLEVR table's)
         "quick": ("reverse", "hmc", "mala+adapt+smc"),
-        # two SMC rows: per-class populations cost 10 runs each
+        # two SMC rows: each costs smc_population chains per class
         "cpu": tuple(r for r in IMAGE_ROWS if r != "mala+smc"),
     }.get(variant, IMAGE_ROWS)
     # eps cells of Metropolis rows are "n/a" rows with the reason (score-only model).
@@ -74,6 +74,9 @@ def _dataset(name: str, variant: str) -> ml_collections.ConfigDict:
     config.num_real = {"tiny": 16, "quick": 200, "cpu": 297, "paper": 10_000}[variant]
     config.scale = 1.0 if variant == "paper" else 3.0
     config.classifier_free = variant != "quick"
+    # SMC rows run each class as its own population (one call, the driver's populations)
+    # of at least this many chains, or as many as the class has images (docs/smc.md).
+    config.smc_population = {"tiny": 2, "paper": 16}.get(variant, 8)
     config.rows = _rows(variant)
     model_name = "tiny" if variant == "tiny" else ("paper" if variant == "paper" else name)
     clf_name = f"{name},tiny" if variant == "tiny" else name
