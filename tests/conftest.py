@@ -1,9 +1,32 @@
-"""Shared fixtures."""
+"""Shared fixtures, and one XLA compilation cache for the whole run.
 
-import numpy as np
-import pytest
+XLA compiles dominate the suite's time: tests train the same tiny models and build
+samplers of the same structure, in process and in the subprocesses the CLI tests
+start. JAX's persistent compilation cache lets a later test load what an earlier one
+compiled. It is set here, before any test imports jax, in a fresh directory made by
+the controlling process (xdist workers and subprocesses inherit it through the
+environment) and removed when the run ends, so no run reuses another's compiles.
+"""
 
-from compdiff import oracles, schedules
+import os
+import shutil
+import tempfile
+
+if "PYTEST_XDIST_WORKER" not in os.environ and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _OWN_CACHE = os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(
+        prefix="compdiff-test-xla-cache-")
+else:
+    _OWN_CACHE = None
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from compdiff import oracles, schedules  # noqa: E402
+
+
+def pytest_unconfigure(config):
+    if _OWN_CACHE is not None:
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
