@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
+import subprocess
+import sys
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -12,6 +15,8 @@ import pytest
 
 from compdiff.experiments import clevr_table, common
 from configs.experiments import clevr_table as table_config
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def test_accuracy_needs_every_requested_position():
@@ -93,3 +98,15 @@ def test_table_at_tiny_size(tmp_path):
     assert "| energy | mala |" in text and "Machine:" in text
     figures = os.listdir(tmp_path / "run" / "figures")
     assert {"accuracy_vs_steps.png", "k2_energy_mala.png", "k2_eps_reverse.png"} <= set(figures)
+    # The table's trained energy model through scripts/energy_levels.py (the check of
+    # docs/smc.md on trained models): one row per level, every value finite.
+    out = tmp_path / "levels.json"
+    proc = subprocess.run([sys.executable, "scripts/energy_levels.py",
+                           f"--workdir={tmp_path / 'run' / 'models' / 'energy'}", "--num=4",
+                           "--levels=2,3", f"--out={out}"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    levels = json.loads(out.read_text())
+    assert [r["level"] for r in levels["rows"]] == [2, 3] and levels["num"] == 4
+    assert all(np.isfinite(v) for r in levels["rows"] for v in r.values())
+    assert "| noise favoured |" in (tmp_path / "levels.md").read_text()
