@@ -160,17 +160,24 @@ def sample_per_image(model: DiffusionModel, positions: np.ndarray, sampler: samp
                      key: Array, scale: float, population: int, schedule=None, pad_to: int = 0
                      ) -> tuple[np.ndarray, Any]:
     """SMC resamples across chains, and every image asks for its own positions, so each
-    image runs as its own population of ``population`` chains, all in one call (the
-    driver's ``populations``); the image is one chain drawn by its population's weights."""
+    image runs as its own population of ``population`` chains (the driver's
+    ``populations``), as many images per call as keep a call at ``num`` chains, the size
+    of a plain row's call; the image is one chain drawn by its population's weights."""
     if population < 2:
         raise ValueError(f"an SMC population needs at least 2 chains, got {population}")
     num = positions.shape[0]
-    x, stats = sample_cell(model, np.repeat(positions, population, axis=0), sampler, key,
-                           scale, schedule, pad_to, populations=num)
-    log_w = (jnp.zeros((num, population)) if stats.log_weights is None
-             else jnp.nan_to_num(stats.log_weights, nan=-jnp.inf).reshape(num, population))
-    pick = np.asarray(jax.random.categorical(jax.random.fold_in(key, 1), log_w, axis=-1))
-    return x.reshape(num, population, -1)[np.arange(num), pick], stats
+    per_call = max(1, num // population)
+    images, stats = [], None
+    for start in range(0, num, per_call):
+        block = positions[start:start + per_call]
+        call_key = jax.random.fold_in(key, start)
+        x, stats = sample_cell(model, np.repeat(block, population, axis=0), sampler, call_key,
+                               scale, schedule, pad_to, populations=len(block))
+        log_w = (jnp.zeros((len(block), population)) if stats.log_weights is None else
+                 jnp.nan_to_num(stats.log_weights, nan=-jnp.inf).reshape(-1, population))
+        pick = np.asarray(jax.random.categorical(jax.random.fold_in(call_key, 1), log_w, -1))
+        images.append(x.reshape(len(block), population, -1)[np.arange(len(block)), pick])
+    return np.concatenate(images), stats
 
 
 # --- the table ---------------------------------------------------------------------------

@@ -217,21 +217,27 @@ def _sample(target: Density, sampler: samplers.Sampler, schedule, key: Array, nu
 
 def _sample_per_class(ds: _Dataset, model: DiffusionModel, sampler, scale: float, key: Array,
                       schedule=None) -> tuple[np.ndarray, Any]:
-    """SMC resamples across chains, so each class runs as its own population, all in one
-    call (the driver's ``populations``) of ``smc_population`` chains or the most-asked
-    class's count if larger; a class's images are the first of its population's
-    (equally weighted, after the final resampling) chains."""
+    """SMC resamples across chains, so each class runs as its own population (the
+    driver's ``populations``) of ``smc_population`` chains or the most-asked class's count
+    if larger, as many classes per call as keep a call near a plain row's size; a class's
+    images are the first of its population's (equally weighted, after the final
+    resampling) chains."""
     classes, counts = np.unique(ds.labels, return_counts=True)
     size = max(int(counts.max()), ds.config.smc_population)
-    target = guided(model, ds.classifier, jnp.asarray(np.repeat(classes, size), jnp.int32),
-                    scale)
-    chains, stats = samplers.sample(target, sampler, schedule or model.schedule, key,
-                                    len(classes) * size, mesh=None, populations=len(classes))
-    chains = np.asarray(chains).reshape(len(classes), size, model.dim)
+    per_call = max(1, len(ds.labels) // size)
     x = np.zeros((len(ds.labels), model.dim), np.float32)
-    for block, c in enumerate(classes):
-        rows = np.flatnonzero(ds.labels == c)
-        x[rows] = chains[block, :rows.size]
+    stats = None
+    for start in range(0, len(classes), per_call):
+        block = classes[start:start + per_call]
+        target = guided(model, ds.classifier, jnp.asarray(np.repeat(block, size), jnp.int32),
+                        scale)
+        chains, stats = samplers.sample(target, sampler, schedule or model.schedule,
+                                        jax.random.fold_in(key, start), len(block) * size,
+                                        mesh=None, populations=len(block))
+        chains = np.asarray(chains).reshape(len(block), size, model.dim)
+        for i, c in enumerate(block):
+            rows = np.flatnonzero(ds.labels == c)
+            x[rows] = chains[i, :rows.size]
     return x, stats
 
 
@@ -251,7 +257,8 @@ def image_cell(ds: _Dataset, spec: ml_collections.ConfigDict, model_name: str, s
     t0 = time.time()
     if sampler.resample_ess > 0:
         x, stats = _sample_per_class(ds, model, sampler, scale, key, schedule)
-        base["population"] = stats.num // len(np.unique(ds.labels))
+        base["population"] = max(int(np.unique(ds.labels, return_counts=True)[1].max()),
+                                 ds.config.smc_population)
     else:
         target = guided(model, ds.classifier, jnp.asarray(ds.labels, jnp.int32), scale)
         x, stats = _sample(target, sampler, schedule or model.schedule, key, len(ds.labels))
