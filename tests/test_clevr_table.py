@@ -110,3 +110,13 @@ def test_table_at_tiny_size(tmp_path):
     assert [r["level"] for r in levels["rows"]] == [2, 3] and levels["num"] == 4
     assert all(np.isfinite(v) for r in levels["rows"] for v in r.values())
     assert "| noise favoured |" in (tmp_path / "levels.md").read_text()
+    # ... and through scripts/noise_chains.py (docs/guidance.md, noise images).
+    out = tmp_path / "chains.json"
+    proc = subprocess.run([sys.executable, "scripts/noise_chains.py",
+                           f"--workdir={tmp_path / 'run' / 'models' / 'energy'}", "--num=4",
+                           f"--out={out}"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    chains = json.loads(out.read_text())
+    assert chains["num"] == 4 and 0 <= chains["noise"] <= 4
+    assert [r["level"] for r in chains["rows"]] == [20, 10, 5, 2, 1]  # 20 levels in tiny

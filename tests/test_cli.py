@@ -115,6 +115,7 @@ CASES = [
     ("mode_weights_size", "mode_weights.py", ["--num=0"], "flag --num=0"),
     ("damping_flag", "damping.py", ["--num=abc"], "flag --num=abc"),
     ("emptiness_levels", "emptiness.py", ["--levels=0"], "flag --levels=0"),
+    ("noise_chains_num", "noise_chains.py", ["--workdir=/tmp/x", "--num=0"], "flag --num=0"),
     ("energy_levels_score_only", "energy_levels.py", ["--workdir={model}"],
      "the level-consistency check of {model} needs a log-density"),
 ]

@@ -1,0 +1,96 @@
+"""Which reverse-diffusion chains of an image model end as noise, and where they go astray.
+
+    python scripts/noise_chains.py --workdir=runs/guidance_cpu/digits/models/energy \
+        [--num=200] [--seed=0] [--out=noise_chains.json]
+
+Runs plain reverse diffusion of the (unconditional) model in ``--workdir`` for ``--num``
+chains, keeps every level's ``|x|`` and ``sigma_t |score|`` (the norm of the predicted
+noise, about ``sqrt(d)`` wherever the model is right), counts the final images the
+detector calls noise (:mod:`compdiff.evaluation.noise_images`), and prints both norms per
+level for the noise chains against the others. A model whose predicted noise shrinks on
+some chains (a flat region of the energy) shows it here; a sampler fault would not.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import flags
+
+from compdiff import cli
+from compdiff.data import images
+from compdiff.evaluation import noise_images
+from compdiff.models.loading import load_model, load_params
+from compdiff.samplers import kernels
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory of a trained image diffusion model.")
+_NUM = flags.DEFINE_integer("num", 200, "Chains.", lower_bound=1)
+_SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
+_OUT = flags.DEFINE_string("out", None, "Write JSON here, and Markdown beside it.")
+flags.mark_flags_as_required(["workdir"])
+SHOWN_LEVELS = (50, 20, 10, 5, 2, 1)
+
+
+def trace(workdir: str, num: int, seed: int) -> dict:
+    config = load_params(workdir)[0]
+    model = load_model(workdir)
+    shape = images.ImageSource.from_config(config.data, split="test").image_shape
+    schedule = model.schedule
+
+    @jax.jit
+    def level(x, t, key):
+        grad = model.score(x, t)
+        state = kernels.ChainState(x=x, v=x, log_prob=jnp.zeros(x.shape[:1]), grad=grad)
+        norms = (jnp.linalg.norm(x, axis=-1), schedule.sigma[t] * jnp.linalg.norm(grad, axis=-1))
+        return kernels.reverse_step(state, key, t, schedule), norms
+
+    key = jax.random.PRNGKey(seed)
+    x = jax.random.normal(key, (num, model.dim))
+    per_level = {}
+    for t in range(schedule.num_levels, 0, -1):
+        x, (x_norm, eps_norm) = level(x, jnp.int32(t), jax.random.fold_in(key, t))
+        per_level[t] = (np.asarray(x_norm), np.asarray(eps_norm))
+    final = np.clip((np.asarray(x).reshape(num, *shape) + 1.0) * 127.5, 0, 255).astype(np.uint8)
+    noise = noise_images.is_noise(final)
+    rows = []
+    for t in (t for t in SHOWN_LEVELS if t <= schedule.num_levels):
+        x_norm, eps_norm = per_level[t]
+        rows.append({"level": t, **{
+            f"{name}_{group}": (float(a[mask].mean()) if mask.any() else None)
+            for name, a in (("x_norm", x_norm), ("eps_norm", eps_norm))
+            for group, mask in (("noise", noise), ("others", ~noise))}})
+    return {"workdir": os.path.abspath(workdir), "num": num, "seed": seed,
+            "noise": int(noise.sum()), "sqrt_dim": float(np.sqrt(model.dim)), "rows": rows}
+
+
+def markdown(result: dict) -> str:
+    fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+    lines = [f"Model `{result['workdir']}`: {result['noise']} of {result['num']} reverse-diffusion "
+             f"chains end as noise (seed {result['seed']}; sqrt(d) = {result['sqrt_dim']:.1f}).",
+             "", "| level | predicted-noise norm, noise chains | others | x norm, noise chains "
+             "| others |",
+             "|---|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['level']} | {fmt(r['eps_norm_noise'])} | {fmt(r['eps_norm_others'])} "
+                     f"| {fmt(r['x_norm_noise'])} | {fmt(r['x_norm_others'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str]) -> None:
+    cli.start(argv)
+    result = trace(_WORKDIR.value, _NUM.value, _SEED.value)
+    text = markdown(result)
+    print(text, end="")
+    if _OUT.value:
+        with open(_OUT.value, "w") as f:
+            json.dump(result, f, indent=1)
+        with open(os.path.splitext(_OUT.value)[0] + ".md", "w") as f:
+            f.write(text)
+
+
+if __name__ == "__main__":
+    cli.run(main)
