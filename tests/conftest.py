@@ -15,6 +15,9 @@ import tempfile
 if "PYTEST_XDIST_WORKER" not in os.environ and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     _OWN_CACHE = os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(
         prefix="compdiff-test-xla-cache-")
+    # A size limit turns on the cache's file lock: without it an entry is written in place,
+    # and a process reading it mid-write warns and compiles again.
+    os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))
 else:
     _OWN_CACHE = None
 
