@@ -153,3 +153,26 @@ def test_populations_must_divide_the_chains(schedule):
     with pytest.raises(ValueError, match="cannot form 3 equal populations"):
         samplers.sample(_Holed(), samplers.get("hmc", resample_ess=0.5), schedule,
                         jax.random.PRNGKey(0), 10, populations=3)
+
+
+@flax.struct.dataclass
+class _DeadRows(Density):
+    """``N(0, I)``, but NaN (zero density) everywhere for the chains marked ``dead``."""
+
+    dead: jnp.ndarray
+    dim: int = flax.struct.field(pytree_node=False, default=2)
+    has_log_prob: bool = flax.struct.field(pytree_node=False, default=True)
+
+    def log_prob(self, x, t):
+        log_p = -0.5 * jnp.sum(x * x, -1) - jnp.log(2 * jnp.pi)
+        return jnp.where(self.dead, jnp.nan, log_p)
+
+
+def test_a_population_with_no_finite_weight_is_an_error(schedule):
+    """One empty population among live ones: its resampling has nothing to draw from, so the
+    run raises, though the summed weights of all chains are fine."""
+    dead = jnp.repeat(jnp.asarray([False, True]), 8)
+    hmc = samplers.get("hmc", resample_ess=0.5)
+    with pytest.raises(ValueError, match="chains of a population"):
+        samplers.sample(_DeadRows(dead), hmc, schedule, jax.random.PRNGKey(0), 16,
+                        populations=2)
