@@ -14,7 +14,6 @@ sampler toward noise. Writes JSON and a Markdown table when ``--out`` is given.
 
 from __future__ import annotations
 
-import json
 import os
 
 import jax
@@ -25,6 +24,7 @@ from absl import flags
 from compdiff import cli
 from compdiff.data import images
 from compdiff.evaluation.level_consistency import level_increments
+from compdiff.experiments import common
 from compdiff.models.loading import load_model, load_params
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of a trained energy model.")
@@ -69,13 +69,7 @@ def main(argv: list[str]) -> None:
     except ValueError as e:
         raise ValueError(f"--levels must be integers, got {_LEVELS.value}") from e
     result = check(_WORKDIR.value, _NUM.value, levels)
-    text = markdown(result)
-    print(text, end="")
-    if _OUT.value:
-        with open(_OUT.value, "w") as f:
-            json.dump(result, f, indent=1)
-        with open(os.path.splitext(_OUT.value)[0] + ".md", "w") as f:
-            f.write(text)
+    common.report(result, markdown(result), _OUT.value)
 
 
 if __name__ == "__main__":

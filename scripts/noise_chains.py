@@ -13,7 +13,6 @@ some chains (a flat region of the energy) shows it here; a sampler fault would n
 
 from __future__ import annotations
 
-import json
 import os
 
 import jax
@@ -24,6 +23,7 @@ from absl import flags
 from compdiff import cli
 from compdiff.data import images
 from compdiff.evaluation import noise_images
+from compdiff.experiments import common
 from compdiff.models.loading import load_model, load_params
 from compdiff.samplers import kernels
 
@@ -83,13 +83,7 @@ def markdown(result: dict) -> str:
 def main(argv: list[str]) -> None:
     cli.start(argv)
     result = trace(_WORKDIR.value, _NUM.value, _SEED.value)
-    text = markdown(result)
-    print(text, end="")
-    if _OUT.value:
-        with open(_OUT.value, "w") as f:
-            json.dump(result, f, indent=1)
-        with open(os.path.splitext(_OUT.value)[0] + ".md", "w") as f:
-            f.write(text)
+    common.report(result, markdown(result), _OUT.value)
 
 
 if __name__ == "__main__":

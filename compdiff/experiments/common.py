@@ -165,6 +165,16 @@ def write_json(path: str, result: dict) -> None:
         json.dump(strict(result), f, indent=1, allow_nan=False)
 
 
+def report(result: dict, text: str, out: str | None) -> None:
+    """A measurement script's ending: prints the Markdown ``text``; with ``out``, writes
+    ``result`` there as strict JSON and ``text`` beside it (``.md``)."""
+    print(text, end="")
+    if out:
+        write_json(out, result)
+        with open(os.path.splitext(out)[0] + ".md", "w") as f:
+            f.write(text)
+
+
 def save_figure(fig: Any, path: str) -> None:
     """Saves a matplotlib figure (creating its directory) and closes it."""
     import matplotlib.pyplot as plt
