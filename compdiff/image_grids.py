@@ -6,15 +6,12 @@ import os
 from collections.abc import Sequence
 
 import jax
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from compdiff import samplers  # noqa: E402
-from compdiff.data.images import to_uint8  # noqa: E402
-from compdiff.models.diffusion import DiffusionModel  # noqa: E402
+from compdiff import samplers
+from compdiff.data.pixels import to_uint8
+from compdiff.models.diffusion import DiffusionModel
+from compdiff.plots import pyplot
 
 
 def save_grid(images: np.ndarray, path: str, marks: Sequence[np.ndarray] | None = None,
@@ -27,6 +24,7 @@ def save_grid(images: np.ndarray, path: str, marks: Sequence[np.ndarray] | None 
     n = len(images)
     ncols = min(ncols, n)
     nrows = -(-n // ncols)
+    plt = pyplot()
     fig, axes = plt.subplots(nrows, ncols, figsize=(1.3 * ncols, 1.3 * nrows + 0.3),
                              squeeze=False)
     for i, ax in enumerate(axes.flat):
@@ -73,5 +71,5 @@ def save_canvases(images: np.ndarray, path: str, min_width: int = 512) -> str:
     gap = np.full((zoom, *big.shape[2:]), 255, np.uint8)
     rows = [part for image in big for part in (image, gap)][:-1]
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    plt.imsave(path, np.concatenate(rows))
+    pyplot().imsave(path, np.concatenate(rows))
     return path

@@ -12,14 +12,23 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")  # files only; never needs a display
+from compdiff.exact import GridTarget
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 
-from compdiff.exact import GridTarget  # noqa: E402
+def pyplot():
+    """``matplotlib.pyplot`` on the file-only ``Agg`` backend (never needs a display).
+
+    Imported on first use, not with this module: matplotlib costs about half a second at
+    import, which every command-line start would pay before doing anything."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
 
 Panel = tuple[str, GridTarget | np.ndarray | None]  # (title, content); None: title only
 
@@ -32,7 +41,7 @@ def _draw_density(ax, target: GridTarget, extent: float) -> None:
     # Square root of the mass keeps faint modes visible next to sharp ones.
     ax.imshow(np.sqrt(mass).T, origin="lower", extent=(lo_x, hi_x, lo_y, hi_y), cmap="magma",
               interpolation="nearest")
-    ax.set_facecolor(plt.get_cmap("magma")(0.0))
+    ax.set_facecolor(pyplot().get_cmap("magma")(0.0))
 
 
 def _draw_samples(ax, x: np.ndarray) -> int:
@@ -51,6 +60,7 @@ def figure(path: str, rows: Sequence[tuple[str, Sequence[Panel]]], *, extent: fl
     if not rows:
         raise ValueError("a figure needs at least one row")
     num_cols = max(len(panels) for _, panels in rows)
+    plt = pyplot()
     fig, axes = plt.subplots(len(rows), num_cols, squeeze=False,
                              figsize=(panel_size * num_cols, panel_size * len(rows) + 0.3))
     for (label, panels), row_axes in zip(rows, axes):

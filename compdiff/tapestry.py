@@ -258,6 +258,23 @@ def grid_crops(canvas_shape: Sequence[int], crop_shape: Sequence[int],
     return [(top, left) for top in starts[0] for left in starts[1]]
 
 
+def overlaps(positions: Sequence[tuple[int, int]], crop_shape: Sequence[int]
+             ) -> list[tuple[int, int, int, int, int, int]]:
+    """The shared region of every pair of overlapping crops at ``positions``, as
+    ``(i, j, top, left, height, width)`` with ``i < j``: where two crop densities meet, the
+    band a tapestry must fill with one image that both crops accept."""
+    h, w = crop_shape[:2]
+    out = []
+    for i, (ti, li) in enumerate(positions):
+        for j in range(i + 1, len(positions)):
+            tj, lj = positions[j]
+            top, left = max(ti, tj), max(li, lj)
+            height, width = min(ti, tj) + h - top, min(li, lj) + w - left
+            if height > 0 and width > 0:
+                out.append((i, j, top, left, height, width))
+    return out
+
+
 def crop_batches(densities: Sequence[Density]) -> tuple[CropBatch, ...]:
     """Groups of two or more ``densities`` with one layout (see the module docstring)."""
     buckets: list[tuple[Hashable, list[int]]] = []

@@ -13,7 +13,8 @@ The prompts' phrases are encoded once, each crop's prompt becomes a density over
 crop-sized images (:func:`compdiff.prompts.compose_prompt`), their product over the
 canvas (:mod:`compdiff.tapestry`) is sampled with the annealed sampler, and
 ``OUT/tapestry.png`` (the canvases) and ``OUT/tapestry.npz`` are written. Prints one
-JSON line of what it did.
+JSON line of what it did, with the noise images (:mod:`compdiff.evaluation.noise_images`)
+among the crop windows and among the bands where two crops overlap.
 """
 
 from __future__ import annotations
@@ -31,9 +32,10 @@ from ml_collections import config_flags
 
 from compdiff import cli, image_grids, prompts, samplers, text, text2image
 from compdiff.data.images import to_uint8
+from compdiff.evaluation import noise_images
 from compdiff.models.diffusion import DiffusionModel
 from compdiff.models.loading import build_model, load_params
-from compdiff.tapestry import Crop, Tapestry, grid_crops, tapestry
+from compdiff.tapestry import Crop, Tapestry, grid_crops, overlaps, tapestry
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Tapestry config file[:variant].",
                                           lock_config=True)
@@ -133,6 +135,14 @@ def run(config: ml_collections.ConfigDict, model_dir: str, out_dir: str,
              crop_shape=np.asarray(target.crop_shape), prompts=np.asarray(config.prompts),
              scales=np.asarray(config.scales, np.float32))
     batched = {i for b in target.batches for i in b.indices}
+    # Noise images (compdiff.evaluation.noise_images) per crop window and per overlap band:
+    # where two crops' densities meet, a sampler that fails leaves the band as noise.
+    (h, w), windows = target.crop_shape, [(c.top, c.left) for c in target.crops]
+    crop_noise = sum(noise_images.count(images[:, top:top + h, left:left + w])
+                     for top, left in windows)
+    bands = [b for b in overlaps(windows, (h, w)) if min(b[4:]) >= 2]  # 2x2: the detector
+    band_noise = sum(noise_images.count(images[:, top:top + bh, left:left + bw])
+                     for _, _, top, left, bh, bw in bands)
     return {
         "prompts": list(config.prompts), "scales": [float(s) for s in config.scales],
         "canvas_shape": list(target.canvas_shape), "crop_shape": list(target.crop_shape),
@@ -141,6 +151,8 @@ def run(config: ml_collections.ConfigDict, model_dir: str, out_dir: str,
         "sampler": sampler_name, "num": int(config.num), "levels": schedule.num_levels,
         "nfe": int(stats.nfe), "diverged": int(stats.diverged),
         "finite": bool(np.all(np.isfinite(x))),
+        "crop_noise": f"{crop_noise}/{len(windows) * len(images)}",
+        "overlap_noise": f"{band_noise}/{len(bands) * len(images)}",
         "sample_seconds": round(sample_seconds, 2), "seconds": round(time.time() - start, 2),
         "png": png, "npz": npz,
     }

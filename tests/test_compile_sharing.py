@@ -8,7 +8,6 @@ s, so such compositions have equal pytree structures, the jit cache key of the s
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 
 import jax
@@ -18,31 +17,15 @@ import pytest
 
 from compdiff import prompts, samplers
 from compdiff.compose import product
-from compdiff.experiments import clevr_table
+from compdiff.experiments import clevr_table, common
 from compdiff.models.conditioning import Label
 from compdiff.models.diffusion import classifier_free_product
 from compdiff.testing import counting_conditional_model
 
-BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
 NUM = 4
 # A static argument of the sampler no other test passes, so every cache entry here is new.
 ESCAPE = 123.25
-
-
-@contextlib.contextmanager
-def sampler_compiles():
-    """The list of the annealed sampler's compiles (seconds each) while the block runs."""
-    seconds: list[float] = []
-
-    def listen(event: str, duration: float, **kwargs) -> None:
-        if event == BACKEND_COMPILE and kwargs.get("fun_name") == "jit(_run)":
-            seconds.append(duration)
-
-    jax.monitoring.register_event_duration_secs_listener(listen)
-    try:
-        yield seconds
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listen)
+sampler_compiles = common.compile_seconds  # the annealed sampler's compiles, seconds each
 
 
 def _sample(target, model_schedule, key: int = 0):

@@ -21,7 +21,7 @@ from compdiff import checkpoints, samplers, schedules
 from compdiff.compose import Density
 from compdiff.data import captioned_scenes
 from compdiff.models.diffusion import DiffusionModel, classifier_free_product
-from compdiff.tapestry import Crop, Tapestry, grid_crops, tapestry
+from compdiff.tapestry import Crop, Tapestry, grid_crops, overlaps, tapestry
 from compdiff.testing import counting_conditional_model
 from compdiff.training import tasks
 from compdiff.training.state import init_state
@@ -248,6 +248,12 @@ def test_validation_errors_are_one_clear_line():
         tapestry((2, 5, 1), (2, 3), [g6])
     assert grid_crops((16, 32, 3), (16, 16), 8) == [(0, 0), (0, 8), (0, 16)]
     assert grid_crops((5, 5), (3, 3), (2, 3)) == [(0, 0), (0, 2), (2, 0), (2, 2)]
+    # the shared band of each overlapping pair; crops 0 and 2 of the first grid only touch
+    assert overlaps([(0, 0), (0, 8), (0, 16)], (16, 16)) == [(0, 1, 0, 8, 16, 8),
+                                                            (1, 2, 0, 16, 16, 8)]
+    assert overlaps([(0, 0), (0, 2), (2, 0), (2, 2)], (3, 3)) == [
+        (0, 1, 0, 2, 3, 1), (0, 2, 2, 0, 1, 3), (0, 3, 2, 2, 1, 1), (1, 2, 2, 2, 1, 1),
+        (1, 3, 2, 2, 1, 3), (2, 3, 2, 2, 3, 1)]
     with pytest.raises(ValueError, match="stride 4 along columns is larger than the crop"):
         grid_crops((3, 10), (3, 3), (1, 4))
     with pytest.raises(ValueError, match="does not fit"):
@@ -325,6 +331,8 @@ def test_script_samples_a_tapestry_end_to_end(tmp_path):
     assert record["sampler"] == "ula" and record["nfe"] == 3 * 2  # 3 levels x (1 + 1 step)
     # An untrained network: its chains may escape, but the canvases it returns are numbers.
     assert record["finite"] and 0 <= record["diverged"] <= 2
+    # two bands (crops 0-1, 1-2) per canvas, and three crop windows, judged for noise
+    assert record["overlap_noise"].endswith("/4") and record["crop_noise"].endswith("/6")
     saved = np.load(record["npz"])
     assert saved["x"].shape == (2, 8 * 16 * 3) and saved["images"].shape == (2, 8, 16, 3)
     assert list(saved["prompts"]) == list(config.prompts)

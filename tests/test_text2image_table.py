@@ -46,6 +46,23 @@ def test_claims_pool_the_multi_concept_rows_by_pairs():
               "config": {"num_images": 4, "compositions": [{"name": "OR", "prompts": ["x"]}]}}
     text = text2image_table.markdown(result)
     assert "model error 0.10" in text and "0.960" in text
+    # adapted rows get the same claim, paired with reverse diffusion on the same images
+    rows += [{**r, "sampler": "mala+adapt", "correct": [1, 1, 1, 1]} for r in rows
+             if r["sampler"] == "reverse" and r["composition"] != "1 concept"]
+    claims = text2image_table.claims({"rows": rows})
+    assert [c["a"] for c in claims] == ["hmc", "mala+adapt"]
+    assert claims[1]["estimate"] == pytest.approx(0.75) and claims[1]["num_pairs"] == 16
+
+
+def test_compile_sharing_charges_each_shared_cell_its_samplers_mean_compile():
+    rows = [{"sampler": s, "seconds": sec, "compiles": n, "compile_seconds": c}
+            for s, sec, n, c in (("reverse", 10.0, 1, 4.0), ("reverse", 3.0, 0, 0.0),
+                                 ("hmc", 20.0, 1, 8.0), ("hmc", 25.0, 1, 12.0),
+                                 ("hmc", 9.0, 0, 0.0), ("hmc", 9.0, 0, 0.0))]
+    sharing = text2image_table.compile_sharing(rows)
+    assert sharing == {"cells": 6, "compiles": 3, "sampling_seconds": 76.0,
+                       "compile_seconds": 24.0, "unshared_extra_seconds": 4.0 + 2 * 10.0}
+    assert text2image_table.compile_sharing([{"sampler": "hmc", "seconds": 1.0}]) is None
 
 
 def test_tiny_table_end_to_end(tmp_path):
@@ -66,6 +83,7 @@ def test_tiny_table_end_to_end(tmp_path):
         assert set(r) >= {"composition", "prompt", "model", "sampler", "accuracy", "nfe",
                           "seconds", "noise"}
         assert 0 <= r["noise"] <= len(r["correct"])
+        assert r["compiles"] in (0, 1) and r["compile_seconds"] >= 0  # 0: cache hits
         assert sum(r["correct"]) <= len(r["correct"]) - r["noise"]  # noise: wrong
     assert 0.0 <= saved["classifier_accuracy"] <= 1.0 and saved["wall_seconds"] > 0
     with np.load(workdir / "samples" / "OR_0_reverse.npz") as f:

@@ -32,7 +32,6 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-import grain
 import jax
 import ml_collections
 import numpy as np
@@ -58,6 +57,10 @@ class ImageBatches:
         if batch_size % processes:
             raise ValueError(f"batch_size {batch_size} must divide over {processes} processes")
         self.batch_size, self.sharding, self.num_threads = batch_size, sharding, num_threads
+        # imported here: grain costs a third of a second at import, which every command-line
+        # start (sample.py, the error paths) would pay before it reads any data
+        import grain
+
         examples = (grain.MapDataset.source(source).shuffle(seed=seed).repeat(None)
                     .random_map(example_fn, seed=seed + 1))
         rows = batch_size // processes
@@ -74,6 +77,8 @@ class ImageBatches:
 
     def iterate(self, start: int) -> Iterator[dict[str, jax.Array]]:
         """Batches ``start, start + 1, ...`` as global device arrays, read ahead by threads."""
+        import grain
+
         options = grain.ReadOptions(num_threads=self.num_threads, prefetch_buffer_size=4)
         for batch in self._batches[start:].to_iter_dataset(options):
             yield {k: self._place(v) for k, v in batch.items()}

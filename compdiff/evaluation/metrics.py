@@ -40,13 +40,16 @@ Any non-finite sample makes ``mmd`` and ``var`` ``+inf`` as well.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
-from sklearn.mixture import GaussianMixture
 
 from compdiff.exact import GridTarget
+
+if TYPE_CHECKING:
+    from sklearn.mixture import GaussianMixture
 
 BANDWIDTHS: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.5)
 #: Superlevel fraction of the peak density whose connected components are modes.
@@ -105,6 +108,10 @@ def mmd(x, y, bandwidths: tuple[float, ...] = BANDWIDTHS) -> float:
 
 
 def _fit_gmm(x: np.ndarray, components: int, seed: int) -> GaussianMixture:
+    # imported here: sklearn costs about a second at import, and every script that reaches
+    # this module (sample.py, the CLI's error paths) would pay it before doing anything
+    from sklearn.mixture import GaussianMixture
+
     # reg_covar well below the smallest variance of interest (a ring mode,
     # 0.03^2 ~ 1e-3) keeps degenerate fits finite without biasing real ones.
     return GaussianMixture(n_components=components, covariance_type="full", reg_covar=1e-6,

@@ -48,7 +48,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from compdiff import image_grids, samplers
+from compdiff import image_grids, plots, samplers
 from compdiff.compose import Density, product
 from compdiff.data import clevr_positions
 from compdiff.data.images import to_uint8, to_unit_range
@@ -270,7 +270,7 @@ def _cell(config, workdir, models, model_name, spec, k, positions, key, budget, 
 
 def _steps_curve(config, workdir, model, test, classifier, cparams) -> list[dict]:
     """RRR Figure 3b: accuracy against MCMC steps per level (energy model)."""
-    import matplotlib.pyplot as plt
+    plt = plots.pyplot()
 
     curve = []
     k = config.curve.num_positions

@@ -26,6 +26,7 @@ config too.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import json
@@ -34,7 +35,7 @@ import os
 import pkgutil
 import platform
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import ModuleType
 from typing import Any
 
@@ -43,7 +44,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from compdiff import samplers, schedules, train
+from compdiff import plots, samplers, schedules, train
 from compdiff import workdir as workdir_lib
 from compdiff.compose import Density
 from compdiff.evaluation import diagnostics
@@ -177,12 +178,33 @@ def report(result: dict, text: str, out: str | None) -> None:
 
 def save_figure(fig: Any, path: str) -> None:
     """Saves a matplotlib figure (creating its directory) and closes it."""
-    import matplotlib.pyplot as plt
+    plt = plots.pyplot()
 
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"  # JAX's own compile event
+
+
+@contextlib.contextmanager
+def compile_seconds(fun_name: str | None = "jit(_run)") -> Iterator[list[float]]:
+    """The seconds of each XLA compile of ``fun_name`` (``None``: of any function) while the
+    block runs, from JAX's compile events (``jax.monitoring``). The default is the annealed
+    sampler's jitted run, so a table can say how much of its sampling time was compiling."""
+    seconds: list[float] = []
+
+    def listen(event: str, duration: float, **kwargs: Any) -> None:
+        if event == BACKEND_COMPILE and fun_name in (None, kwargs.get("fun_name")):
+            seconds.append(duration)
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        yield seconds
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
 
 
 # --- models -----------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from compdiff import factors, samplers, schedules
+from compdiff import factors, plots, samplers, schedules
 from compdiff.experiments import common, paired
 from compdiff.models import loading
 
@@ -267,7 +267,7 @@ def claims(result: dict) -> list[dict]:
 
 
 def _figures(rows: list[dict], examples: dict, config, workdir: str) -> None:
-    import matplotlib.pyplot as plt
+    plt = plots.pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for name in dict.fromkeys(r["row"] for r in rows):

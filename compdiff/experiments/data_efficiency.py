@@ -400,7 +400,7 @@ def error_figure(path: str, rows: list[dict]) -> None:
     """Error against ``n`` (per factor; log x), one column per composition and sampler, one
     row per metric: mean over seeds with a min-max band, the oracle composition dashed and
     (MMD) the exact-vs-exact floor dotted."""
-    import matplotlib.pyplot as plt
+    plt = plots.pyplot()
 
     panels = list(dict.fromkeys((r["composition"], r["sampler"]) for r in rows))
     fig, axes = plt.subplots(len(METRICS), len(panels), squeeze=False,

@@ -75,7 +75,7 @@ from absl import logging
 from sklearn.cluster import KMeans
 from sklearn.metrics import normalized_mutual_info_score
 
-from compdiff import compose, samplers, schedules
+from compdiff import compose, plots, samplers, schedules
 from compdiff.compose import Density
 from compdiff.data import digits
 from compdiff.data.pixels import to_uint8
@@ -401,7 +401,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def curve_figure(path: str, rows: list[dict], kmeans_rows: list[dict]) -> None:
     """NMI and purity against the EM round: mean over seeds, min-max band; k-means dashed."""
-    import matplotlib.pyplot as plt
+    plt = plots.pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(8, 3))
     rounds = sorted({r["round"] for r in rows})

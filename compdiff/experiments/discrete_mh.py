@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from compdiff import discrete
+from compdiff import discrete, plots
 from compdiff.experiments import common, paired
 
 Array = jnp.ndarray
@@ -260,7 +260,7 @@ def claims(result: dict) -> list[dict]:
 
 def _figure(seeds: list[dict], rows: list[dict], evals: np.ndarray, threshold: float,
             path: str) -> None:
-    import matplotlib.pyplot as plt
+    plt = plots.pyplot()
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for r in rows:

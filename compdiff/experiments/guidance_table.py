@@ -64,7 +64,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from compdiff import exact, image_grids, samplers, schedules
+from compdiff import exact, image_grids, plots, samplers, schedules
 from compdiff.compose import Density
 from compdiff.data import images as image_data
 from compdiff.data import scene_classes
@@ -435,7 +435,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def _scale_figure(curve: list[dict], path: str) -> None:
-    import matplotlib.pyplot as plt
+    plt = plots.pyplot()
 
     datasets = list(dict.fromkeys(c["dataset"] for c in curve))
     fig, axes = plt.subplots(1, len(datasets), figsize=(4 * len(datasets), 3), squeeze=False)

@@ -31,7 +31,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from compdiff import samplers, schedules
+from compdiff import plots, samplers, schedules
 from compdiff import subspace_oracles as so
 from compdiff.experiments import common
 
@@ -176,10 +176,7 @@ def _claims(rows: list[dict], config: ml_collections.ConfigDict) -> list[dict]:
 
 
 def _figures(rows: list[dict], directory: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = plots.pyplot()
 
     for target in sorted({r["target"] for r in rows}):
         dims = sorted({r["dim"] for r in rows if r["target"] == target})

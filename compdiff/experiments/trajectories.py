@@ -51,7 +51,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from compdiff import chunks, maze, samplers
+from compdiff import chunks, maze, plots, samplers
 from compdiff.compose import Density
 from compdiff.experiments import common, paired
 from compdiff.models import loading
@@ -297,10 +297,7 @@ def _claims(rows: list[dict], plan_rows: list[dict], config) -> list[dict]:
 
 def _figures(rows: list[dict], plan_rows: list[dict], examples: dict | None, config,
              directory: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = plots.pyplot()
 
     last = max(config.stages)
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
