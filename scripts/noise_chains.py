@@ -41,20 +41,25 @@ def trace(workdir: str, num: int, seed: int) -> dict:
     shape = images.ImageSource.from_config(config.data, split="test").image_shape
     schedule = model.schedule
 
+    levels = jnp.arange(schedule.num_levels, 0, -1)
+
     @jax.jit
-    def level(x, t, key):
-        grad = model.score(x, t)
-        state = kernels.ChainState(x=x, v=x, log_prob=jnp.zeros(x.shape[:1]), grad=grad)
-        norms = (jnp.linalg.norm(x, axis=-1), schedule.sigma[t] * jnp.linalg.norm(grad, axis=-1))
-        return kernels.reverse_step(state, key, t, schedule), norms
+    def run(x, key):
+        def level(x, t):
+            grad = model.score(x, t)
+            state = kernels.ChainState(x=x, v=x, log_prob=jnp.zeros(x.shape[:1]), grad=grad)
+            norms = (jnp.linalg.norm(x, axis=-1),
+                     schedule.sigma[t] * jnp.linalg.norm(grad, axis=-1))
+            return kernels.reverse_step(state, jax.random.fold_in(key, t), t, schedule), norms
+
+        return jax.lax.scan(level, x, levels)  # one compiled loop; norms stacked per level
 
     key = jax.random.PRNGKey(seed)
-    x = jax.random.normal(key, (num, model.dim))
-    per_level = {}
-    for t in range(schedule.num_levels, 0, -1):
-        x, (x_norm, eps_norm) = level(x, jnp.int32(t), jax.random.fold_in(key, t))
-        per_level[t] = (np.asarray(x_norm), np.asarray(eps_norm))
-    final = np.clip((np.asarray(x).reshape(num, *shape) + 1.0) * 127.5, 0, 255).astype(np.uint8)
+    x, (x_norms, eps_norms) = run(jax.random.normal(key, (num, model.dim)), key)
+    # row i of the stacked norms is level T - i
+    per_level = {int(t): (np.asarray(a), np.asarray(b))
+                 for t, a, b in zip(np.asarray(levels), x_norms, eps_norms)}
+    final = images.to_uint8(np.asarray(x), shape)
     noise = noise_images.is_noise(final)
     rows = []
     for t in (t for t in SHOWN_LEVELS if t <= schedule.num_levels):
